@@ -1,0 +1,55 @@
+"""taskhub's error hierarchy: each error carries the message a user sees and an HTTP status."""
+
+from __future__ import annotations
+
+
+class TaskhubError(Exception):
+    """Base of every error taskhub raises on purpose."""
+
+    status_code = 500
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class SettingsError(TaskhubError):
+    """A setting is missing or invalid; the message names the environment variable."""
+
+
+class DatabaseUnavailable(TaskhubError):
+    """The database cannot be reached."""
+
+    status_code = 503
+
+
+class UnknownTask(TaskhubError):
+    """No task is registered under that name."""
+
+    status_code = 404
+
+
+class InvalidJobArguments(TaskhubError):
+    """The job arguments do not match the task's model."""
+
+    status_code = 422
+
+    def __init__(self, message: str, errors: list[dict[str, object]]) -> None:
+        super().__init__(message)
+        self.errors = errors
+
+
+class JobNotFound(TaskhubError):
+    """No job has that id (it never existed, or it was pruned)."""
+
+    status_code = 404
+
+
+class AlreadyQueued(TaskhubError):
+    """A job with the same queueing lock is already waiting."""
+
+    status_code = 409
+
+
+class EmbeddedServerError(TaskhubError):
+    """The embedded PostgreSQL server could not be started."""

@@ -1,0 +1,127 @@
+"""Run the API and/or a worker in one event loop, and stop them cleanly on SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import procrastinate
+import uvicorn
+
+from backend.api import create_app
+from backend.errors import TaskhubError
+from backend.queue import build_task_app
+from backend.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+class ServiceFailed(TaskhubError):
+    """A service (API or worker) stopped on its own."""
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: the runner owns SIGINT/SIGTERM."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    queues: Sequence[str] | None
+    concurrency: int
+
+
+def bind_api_socket(host: str, port: int) -> socket.socket:
+    """Bind before starting anything, so a busy port is a clear error, not a half start."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise TaskhubError(
+            f"cannot listen on {host}:{port} ({exc.strerror}); "
+            "set TASKHUB_API_PORT or pass --port"
+        ) from None
+    sock.set_inheritable(True)
+    return sock
+
+
+async def _run_worker(app: procrastinate.App, settings: Settings, options: WorkerOptions) -> None:
+    async with app.open_async():
+        await app.run_worker_async(
+            queues=options.queues,
+            concurrency=options.concurrency,
+            fetch_job_polling_interval=settings.fetch_polling_interval,
+            shutdown_graceful_timeout=settings.shutdown_grace_period,
+            install_signal_handlers=False,
+            listen_notify=True,
+        )
+
+
+async def run_services(
+    settings: Settings,
+    url: str,
+    *,
+    api_socket: socket.socket | None,
+    worker: WorkerOptions | None,
+    on_ready: Callable[[], None] | None = None,
+) -> None:
+    """Run until a signal arrives or a service stops; raise :class:`ServiceFailed` on the latter."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+    services: dict[str, asyncio.Task[None]] = {}
+    server: _Server | None = None
+    if api_socket is not None:
+        config = uvicorn.Config(
+            create_app(settings, url),
+            log_level=settings.log_level.lower(),
+            access_log=settings.log_level == "DEBUG",
+            lifespan="on",
+        )
+        server = _Server(config)
+        services["api"] = asyncio.create_task(server.serve(sockets=[api_socket]), name="api")
+    if worker is not None:
+        task_app = build_task_app(url, settings)
+        services["worker"] = asyncio.create_task(
+            _run_worker(task_app, settings, worker), name="worker"
+        )
+
+    stop_waiter = asyncio.create_task(stop.wait(), name="signal")
+    try:
+        if server is not None:
+            while not server.started and not services["api"].done():
+                await asyncio.sleep(0.02)
+        if on_ready is not None and not any(task.done() for task in services.values()):
+            on_ready()
+        done, _ = await asyncio.wait(
+            [stop_waiter, *services.values()], return_when=asyncio.FIRST_COMPLETED
+        )
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        stop_waiter.cancel()
+        failed = [name for name, task in services.items() if task.done()]
+        logger.info("stopping %s", ", ".join(services) or "nothing")
+        if server is not None:
+            server.should_exit = True
+        if "worker" in services:
+            services["worker"].cancel()
+        results = await asyncio.gather(*services.values(), return_exceptions=True)
+    for name, result in zip(services, results, strict=True):
+        if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
+            raise ServiceFailed(f"{name} failed: {result!r}") from result
+    if failed and stop_waiter not in done:
+        raise ServiceFailed(f"{', '.join(failed)} stopped unexpectedly")

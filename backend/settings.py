@@ -1,0 +1,101 @@
+"""All of taskhub's configuration, in one pydantic-settings class.
+
+Every setting reads an environment variable with the ``TASKHUB_`` prefix, except
+``DATABASE_URL``, which keeps the name every PaaS and container platform uses.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import psycopg.conninfo
+from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from backend.errors import SettingsError
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TASKHUB_", extra="ignore", frozen=True)
+
+    database_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("DATABASE_URL", "TASKHUB_DATABASE_URL", "database_url"),
+        description="PostgreSQL URL. When unset, taskhub starts an embedded server.",
+    )
+    data_dir: Path = Field(
+        default=Path(".taskhub"),
+        description="Where the embedded server and generated files live.",
+    )
+    pool_min_size: int = Field(default=1, ge=0, le=1000)
+    pool_max_size: int = Field(default=10, ge=1, le=1000)
+
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(default=8000, ge=1, le=65535)
+
+    worker_concurrency: int = Field(default=10, ge=1, le=10_000)
+    worker_queues: list[str] | None = Field(
+        default=None, description="Queues a worker serves; all queues when unset."
+    )
+    fetch_polling_interval: float = Field(
+        default=5.0,
+        gt=0,
+        description="Seconds between fallback polls; LISTEN/NOTIFY wakes workers at once.",
+    )
+    shutdown_grace_period: float = Field(
+        default=30.0, ge=0, description="Seconds running jobs get to finish on shutdown."
+    )
+    log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$")
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        if not value.startswith(("postgresql://", "postgres://")):
+            raise ValueError("must start with postgresql:// (e.g. postgresql://user@host/db)")
+        try:
+            psycopg.conninfo.conninfo_to_dict(value)
+        except psycopg.ProgrammingError as exc:
+            raise ValueError(f"is not a valid PostgreSQL URL: {exc}") from None
+        return value
+
+    @field_validator("worker_queues", mode="before")
+    @classmethod
+    def _split_queues(cls, value: object) -> object:
+        if isinstance(value, str):
+            queues = [queue.strip() for queue in value.split(",") if queue.strip()]
+            return queues or None
+        return value
+
+    @field_validator("pool_max_size")
+    @classmethod
+    def _check_pool_sizes(cls, value: int, info: object) -> int:
+        data = getattr(info, "data", {})
+        minimum = data.get("pool_min_size", 1)
+        if value < minimum:
+            raise ValueError(f"must be at least TASKHUB_POOL_MIN_SIZE ({minimum})")
+        return value
+
+    @property
+    def embedded_data_dir(self) -> Path:
+        return self.data_dir.resolve() / "pgdata"
+
+
+def env_name(field: str) -> str:
+    """The environment variable a user sets for a settings field."""
+    if field == "database_url":
+        return "DATABASE_URL"
+    return f"TASKHUB_{field.upper()}"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the settings, turning validation errors into one line that names the variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = str(first["loc"][0]) if first["loc"] else "settings"
+        value = first.get("input")
+        message = first["msg"].removeprefix("Value error, ")
+        raise SettingsError(f"invalid setting {env_name(field)}={value!r}: {message}") from None

@@ -1,0 +1,13 @@
+"""Task modules. Each declares its tasks on a blueprint; ``BLUEPRINTS`` lists them all."""
+
+from __future__ import annotations
+
+from backend.registry import TaskBlueprint, TaskDefinition
+from backend.tasks import builtin
+
+BLUEPRINTS: tuple[TaskBlueprint, ...] = (builtin.blueprint,)
+
+
+def all_tasks() -> dict[str, TaskDefinition]:  # type: ignore[type-arg]
+    """Every declared task by name."""
+    return {task.name: task for blueprint in BLUEPRINTS for task in blueprint}
