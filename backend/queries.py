@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from importlib import resources
+from typing import LiteralString
 
 from procrastinate.sql import parse_query_file
-from typing_extensions import LiteralString
 
 QUERIES: dict[str, LiteralString] = parse_query_file(
     (resources.files("backend.sql") / "queries.sql").read_text(encoding="utf-8")

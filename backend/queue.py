@@ -101,7 +101,9 @@ def make_job(
     )
 
 
-async def defer(conn: AsyncConnection[Any], task: TaskDefinition[Any], args: Args, **options: Any) -> int:
+async def defer(
+    conn: AsyncConnection[Any], task: TaskDefinition[Any], args: Args, **options: Any
+) -> int:
     """Enqueue one job on ``conn``, inside whatever transaction ``conn`` has open.
 
     Nothing is committed here: the caller's transaction decides.

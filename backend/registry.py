@@ -36,8 +36,10 @@ def to_json(value: Any) -> Any:
     return value
 
 
-def describe_validation_error(error: ValidationError, prefix: tuple[str, ...]) -> InvalidJobArguments:
-    errors: list[dict[str, object]] = [
+def describe_validation_error(
+    error: ValidationError, prefix: tuple[str, ...]
+) -> InvalidJobArguments:
+    errors: list[dict[str, Any]] = [
         {"loc": [*prefix, *map(str, item["loc"])], "msg": item["msg"], "type": item["type"]}
         for item in error.errors(include_url=False)
     ]
@@ -108,9 +110,7 @@ class TaskDefinition(Generic[ArgsT]):
             "wait": self.retry.wait,
             "linear_wait": self.retry.linear_wait,
             "exponential_wait": self.retry.exponential_wait,
-            "retry_exceptions": sorted(
-                exc.__name__ for exc in (self.retry.retry_exceptions or ())
-            )
+            "retry_exceptions": sorted(exc.__name__ for exc in (self.retry.retry_exceptions or ()))
             or None,
         }
 

@@ -7,10 +7,11 @@ import contextlib
 import logging
 import signal
 import socket
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import procrastinate
+import procrastinate.app
 import uvicorn
 
 from backend.api import create_app
@@ -35,7 +36,7 @@ class _Server(uvicorn.Server):
 
 @dataclass(frozen=True)
 class WorkerOptions:
-    queues: Sequence[str] | None
+    queues: list[str] | None
     concurrency: int
 
 
@@ -49,23 +50,24 @@ def bind_api_socket(host: str, port: int) -> socket.socket:
     except OSError as exc:
         sock.close()
         raise TaskhubError(
-            f"cannot listen on {host}:{port} ({exc.strerror}); "
-            "set TASKHUB_API_PORT or pass --port"
+            f"cannot listen on {host}:{port} ({exc.strerror}); set TASKHUB_API_PORT or pass --port"
         ) from None
     sock.set_inheritable(True)
     return sock
 
 
 async def _run_worker(app: procrastinate.App, settings: Settings, options: WorkerOptions) -> None:
+    worker_options: procrastinate.app.WorkerOptions = {
+        "concurrency": options.concurrency,
+        "fetch_job_polling_interval": settings.fetch_polling_interval,
+        "shutdown_graceful_timeout": settings.shutdown_grace_period,
+        "install_signal_handlers": False,
+        "listen_notify": True,
+    }
+    if options.queues:
+        worker_options["queues"] = options.queues
     async with app.open_async():
-        await app.run_worker_async(
-            queues=options.queues,
-            concurrency=options.concurrency,
-            fetch_job_polling_interval=settings.fetch_polling_interval,
-            shutdown_graceful_timeout=settings.shutdown_grace_period,
-            install_signal_handlers=False,
-            listen_notify=True,
-        )
+        await app.run_worker_async(**worker_options)
 
 
 async def run_services(
@@ -102,7 +104,8 @@ async def run_services(
     stop_waiter = asyncio.create_task(stop.wait(), name="signal")
     try:
         if server is not None:
-            while not server.started and not services["api"].done():
+            # uvicorn exposes startup only as a flag.
+            while not server.started and not services["api"].done():  # noqa: ASYNC110
                 await asyncio.sleep(0.02)
         if on_ready is not None and not any(task.done() for task in services.values()):
             on_ready()

@@ -29,6 +29,9 @@ class Settings(BaseSettings):
     )
     pool_min_size: int = Field(default=1, ge=0, le=1000)
     pool_max_size: int = Field(default=10, ge=1, le=1000)
+    database_timeout: float = Field(
+        default=5.0, gt=0, le=300, description="Seconds a request waits for a connection."
+    )
 
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8000, ge=1, le=65535)

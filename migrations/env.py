@@ -40,5 +40,7 @@ def run_migrations_online() -> None:
 
 
 if context.is_offline_mode():
-    raise SystemExit("taskhub migrations run online only: set DATABASE_URL and run `taskhub migrate`")
+    raise SystemExit(
+        "taskhub migrations run online only: set DATABASE_URL and run `taskhub migrate`"
+    )
 run_migrations_online()

@@ -14,4 +14,4 @@ def execute_sql_file(name: str) -> None:
     text = (SQL_DIR / name).read_text(encoding="utf-8")
     connection = op.get_bind().connection.dbapi_connection
     assert connection is not None
-    connection.execute(text)  # type: ignore[attr-defined]
+    connection.execute(text)

@@ -19,7 +19,9 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
     settings = settings or load_settings()
     url = database_url or settings.database_url
     if not url:
-        raise SettingsError("DATABASE_URL is not set (run `taskhub api` to use the embedded server)")
+        raise SettingsError(
+            "DATABASE_URL is not set (run `taskhub api` to use the embedded server)"
+        )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -43,7 +45,7 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
     async def taskhub_error(request: Request, exc: TaskhubError) -> JSONResponse:
         if isinstance(exc, InvalidJobArguments):
             # The same shape as FastAPI's own 422, with the field at fault under "body".
-            detail = [{**error, "loc": ["body", *error["loc"]]} for error in exc.errors]  # type: ignore[dict-item]
+            detail = [{**error, "loc": ["body", *error["loc"]]} for error in exc.errors]
             return JSONResponse({"detail": detail}, status_code=exc.status_code)
         return JSONResponse({"detail": exc.message}, status_code=exc.status_code)
 

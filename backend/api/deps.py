@@ -17,11 +17,13 @@ def get_pool(request: Request) -> AsyncConnectionPool[DictConnection]:
 
 
 async def get_conn(
+    request: Request,
     pool: Annotated[AsyncConnectionPool[DictConnection], Depends(get_pool)],
 ) -> AsyncIterator[DictConnection]:
     """One transaction per request: committed before the response is sent, rolled back on error."""
+    timeout = request.app.state.settings.database_timeout
     try:
-        async with pool.connection(timeout=5) as conn, conn.transaction():
+        async with pool.connection(timeout=timeout) as conn, conn.transaction():
             yield conn
     except PoolTimeout:
         raise DatabaseUnavailable("the database is unreachable; try again shortly") from None

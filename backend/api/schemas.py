@@ -68,7 +68,9 @@ class TaskInfo(BaseModel):
     priority: int
     lock: str | None
     queueing_lock: str | None
-    retry: dict[str, Any] | None = Field(description="Retry policy; null when the task never retries.")
+    retry: dict[str, Any] | None = Field(
+        description="Retry policy; null when the task never retries."
+    )
     args_schema: dict[str, Any] = Field(description="JSON schema of the task's arguments.")
 
 

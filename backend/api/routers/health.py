@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import psycopg
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from psycopg_pool import PoolTimeout
 
@@ -19,10 +19,11 @@ router = APIRouter(tags=["health"])
     response_model=Health,
     responses={503: {"model": Health, "description": "The database is unreachable."}},
 )
-async def health(pool: Pool) -> JSONResponse:
+async def health(pool: Pool, request: Request) -> JSONResponse:
     """200 when the database answers and is migrated, 503 otherwise."""
+    timeout = min(2.0, request.app.state.settings.database_timeout)
     try:
-        async with pool.connection(timeout=2) as conn:
+        async with pool.connection(timeout=timeout) as conn:
             cursor = await conn.execute(QUERIES["check_database"])
             row = await cursor.fetchone()
     except (PoolTimeout, psycopg.OperationalError) as exc:

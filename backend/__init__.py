@@ -1,0 +1,1 @@
+"""taskhub: background tasks for business applications, on PostgreSQL alone."""

@@ -1,0 +1,69 @@
+"""Fixtures that run real taskhub services in-process: the API app and a worker."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import httpx
+import psycopg
+import pytest
+from fastapi import FastAPI
+
+from backend.api import create_app
+from backend.queue import build_task_app
+from backend.runner import WorkerOptions, _run_worker
+from backend.settings import Settings
+from tests.conftest import eventually
+
+
+@contextlib.asynccontextmanager
+async def running_api(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://taskhub"
+        ) as client,
+    ):
+        yield client
+
+
+@pytest.fixture
+async def client(settings: Settings, db_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    async with running_api(create_app(settings, db_url)) as api_client:
+        yield api_client
+
+
+@contextlib.asynccontextmanager
+async def running_worker(
+    settings: Settings, db_url: str, *, queues: list[str] | None = None, concurrency: int = 4
+) -> AsyncIterator[None]:
+    """A real procrastinate worker, as `taskhub worker` runs it, on this test's database."""
+    app = build_task_app(db_url, settings)
+    task = asyncio.create_task(
+        _run_worker(app, settings, WorkerOptions(queues=queues, concurrency=concurrency))
+    )
+    await wait_until_listening(db_url, task)
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def wait_until_listening(db_url: str, worker_task: asyncio.Task[None]) -> None:
+    """Wait until the worker's LISTEN connection is up, so NOTIFYs reach it."""
+
+    async def listening() -> bool:
+        if worker_task.done():
+            worker_task.result()  # surface the worker's error
+        async with await psycopg.AsyncConnection.connect(db_url) as conn:
+            cursor = await conn.execute(
+                "SELECT 1 FROM pg_stat_activity"
+                " WHERE datname = current_database() AND query LIKE 'LISTEN %%'"
+            )
+            return await cursor.fetchone() is not None
+
+    await eventually(listening, within=15)
