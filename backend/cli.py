@@ -11,10 +11,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import psycopg
+from procrastinate.exceptions import ConnectorException
 from psycopg.rows import dict_row
 
 from backend import jobs, migrate, queue
-from backend.db import database_url, describe_database
+from backend.db import check_database, database_url, describe_database
 from backend.errors import TaskhubError
 from backend.settings import Settings, load_settings
 
@@ -31,7 +32,10 @@ def _queues(value: str) -> list[str]:
 
 
 def _positive(value: str) -> int:
-    number = int(value)
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
     if number < 1:
         raise argparse.ArgumentTypeError("must be at least 1")
     return number
@@ -116,6 +120,8 @@ def _serve(settings: Settings, *, api: bool, worker: bool, migrate_first: bool) 
     with database_url(settings) as url:
         if migrate_first:
             migrate.upgrade(url)
+        elif worker:
+            check_database(url)
         options = (
             WorkerOptions(queues=settings.worker_queues, concurrency=settings.worker_concurrency)
             if worker
@@ -154,18 +160,22 @@ def _migrate(settings: Settings, downgrade_to: str | None) -> None:
 
 
 def _defer(settings: Settings, args: argparse.Namespace) -> None:
-    task = queue.get_task(args.task)
-    options = {
-        "queue": args.queue,
-        "priority": args.priority,
-        "schedule_in": args.schedule_in,
-        "lock": args.lock,
-        "queueing_lock": args.queueing_lock,
-    }
-    # Validate before touching the database: bad input must not start anything.
-    queue.make_job(task, args.args, **options)
+    # Validate everything before touching the database: bad input starts nothing.
+    request = queue.DeferRequest.parse(
+        {
+            "task": args.task,
+            "args": args.args,
+            "queue": args.queue,
+            "priority": args.priority,
+            "schedule_in": args.schedule_in,
+            "lock": args.lock,
+            "queueing_lock": args.queueing_lock,
+        }
+    )
+    task = queue.get_task(request.task)
+    queue.make_job(task, request.args, **request.options())
     with database_url(settings) as url, psycopg.connect(url, row_factory=dict_row) as conn:
-        job_id = queue.defer_sync(conn, task, args.args, **options)
+        job_id = queue.defer_sync(conn, task, request.args, **request.options())
         conn.commit()
         job = asyncio.run(_read_job(url, job_id))
     print(job.model_dump_json(indent=2))
@@ -194,8 +204,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             _defer(settings, args)
     except TaskhubError as exc:
         print(f"taskhub: error: {exc.message}", file=sys.stderr)
-        return 2
-    except psycopg.OperationalError as exc:
+        return exc.exit_code
+    except (psycopg.OperationalError, ConnectorException) as exc:
         print(f"taskhub: error: cannot reach the database: {exc}".rstrip(), file=sys.stderr)
         return 1
     return 0

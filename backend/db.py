@@ -8,11 +8,14 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
+import psycopg
 from psycopg import AsyncConnection
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from backend.embedded import embedded_server
+from backend.errors import DatabaseUnavailable, NotMigrated
+from backend.queries import QUERIES
 from backend.settings import Settings
 
 DictConnection = AsyncConnection[DictRow]
@@ -50,3 +53,14 @@ def create_pool(url: str, settings: Settings) -> AsyncConnectionPool[DictConnect
         check=AsyncConnectionPool.check_connection,
         name="taskhub",
     )
+
+
+def check_database(url: str) -> None:
+    """Fail fast, with a message that says what to do, when a worker could not work."""
+    try:
+        with psycopg.connect(url, connect_timeout=10) as conn:
+            row = conn.execute(QUERIES["check_database"]).fetchone()
+    except psycopg.OperationalError as exc:
+        raise DatabaseUnavailable(f"cannot reach the database: {exc}".strip()) from None
+    if row is None or not row[0]:
+        raise NotMigrated("the database has no taskhub schema yet: run `taskhub migrate`")

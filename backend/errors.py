@@ -9,6 +9,8 @@ class TaskhubError(Exception):
     """Base of every error taskhub raises on purpose."""
 
     status_code = 500
+    #: ``taskhub`` exits with 2 for errors in what the user gave, 1 for the rest.
+    exit_code = 1
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -18,9 +20,17 @@ class TaskhubError(Exception):
 class SettingsError(TaskhubError):
     """A setting is missing or invalid; the message names the environment variable."""
 
+    exit_code = 2
+
 
 class DatabaseUnavailable(TaskhubError):
     """The database cannot be reached."""
+
+    status_code = 503
+
+
+class NotMigrated(TaskhubError):
+    """The database exists but its schema is not migrated."""
 
     status_code = 503
 
@@ -29,12 +39,14 @@ class UnknownTask(TaskhubError):
     """No task is registered under that name."""
 
     status_code = 404
+    exit_code = 2
 
 
 class InvalidJobArguments(TaskhubError):
     """The job arguments do not match the task's model."""
 
     status_code = 422
+    exit_code = 2
 
     def __init__(self, message: str, errors: list[dict[str, Any]]) -> None:
         super().__init__(message)

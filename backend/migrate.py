@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
+import sqlalchemy.exc
 from alembic import command
 from alembic.config import Config
+
+from backend.errors import DatabaseUnavailable
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
@@ -17,12 +22,22 @@ def alembic_config(url: str) -> Config:
     return config
 
 
+@contextlib.contextmanager
+def _reachable() -> Iterator[None]:
+    try:
+        yield
+    except sqlalchemy.exc.OperationalError as exc:
+        raise DatabaseUnavailable(f"cannot reach the database: {exc.orig}".strip()) from exc
+
+
 def upgrade(url: str, revision: str = "head") -> None:
-    command.upgrade(alembic_config(url), revision)
+    with _reachable():
+        command.upgrade(alembic_config(url), revision)
 
 
 def downgrade(url: str, revision: str = "base") -> None:
-    command.downgrade(alembic_config(url), revision)
+    with _reachable():
+        command.downgrade(alembic_config(url), revision)
 
 
 def head_revision() -> str:

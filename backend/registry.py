@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from procrastinate import RetryStrategy
+from procrastinate.retry import BaseRetryStrategy, RetryStrategy, RetryValue, get_retry_strategy
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from backend.errors import InvalidJobArguments
@@ -45,7 +45,7 @@ def describe_validation_error(
     ]
     first = errors[0]
     where = ".".join(str(part) for part in typing.cast(list[str], first["loc"]))
-    return InvalidJobArguments(f"invalid job arguments: {where}: {first['msg']}", errors)
+    return InvalidJobArguments(f"invalid job: {where}: {first['msg']}", errors)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -53,11 +53,12 @@ class TaskDefinition(Generic[ArgsT]):
     """One task: its name, argument model, function and default policy."""
 
     name: str
-    func: Callable[[ArgsT], Any]
+    func: Callable[..., Any]
     args_model: type[ArgsT]
+    takes_args: bool = True
     queue: str = "default"
     priority: int = 0
-    retry: RetryStrategy | None = None
+    retry: BaseRetryStrategy | None = None
     lock: str | None = None
     queueing_lock: str | None = None
     description: str = ""
@@ -83,17 +84,22 @@ class TaskDefinition(Generic[ArgsT]):
 
     def procrastinate_function(self) -> Callable[..., Any]:
         """The function procrastinate runs: validates the stored JSON, calls the task."""
-        func, model = self.func, self.args_model
+        func, model, takes_args = self.func, self.args_model, self.takes_args
+
+        def call_args(kwargs: dict[str, Any]) -> tuple[BaseModel, ...]:
+            parsed = model.model_validate(kwargs)
+            return (parsed,) if takes_args else ()
+
         if self.is_async:
 
             async def run_async(**kwargs: Any) -> Any:
-                return to_json(await func(model.model_validate(kwargs)))
+                return to_json(await func(*call_args(kwargs)))
 
             runner: Callable[..., Any] = run_async
         else:
 
             def run_sync(**kwargs: Any) -> Any:
-                return to_json(func(model.model_validate(kwargs)))
+                return to_json(func(*call_args(kwargs)))
 
             runner = run_sync
         runner.__name__ = getattr(func, "__name__", self.name)
@@ -105,6 +111,8 @@ class TaskDefinition(Generic[ArgsT]):
     def describe_retry(self) -> dict[str, Any] | None:
         if self.retry is None:
             return None
+        if not isinstance(self.retry, RetryStrategy):
+            return {"strategy": type(self.retry).__name__}
         return {
             "max_attempts": self.retry.max_attempts,
             "wait": self.retry.wait,
@@ -141,23 +149,27 @@ class TaskBlueprint:
         name: str,
         queue: str = "default",
         priority: int = 0,
-        retry: RetryStrategy | int | None = None,
+        retry: RetryValue = False,
         lock: str | None = None,
         queueing_lock: str | None = None,
-    ) -> Callable[[Callable[[ArgsT], Any]], TaskDefinition[ArgsT]]:
-        """Declare a task. Its first parameter's annotation is the arguments model."""
+    ) -> Callable[[Callable[..., Any]], TaskDefinition[Any]]:
+        """Declare a task. Its first parameter's annotation is the arguments model.
 
-        def declare(func: Callable[[ArgsT], Any]) -> TaskDefinition[ArgsT]:
+        ``retry`` takes what procrastinate takes: a number of attempts, True (forever),
+        or a retry strategy.
+        """
+
+        def declare(func: Callable[..., Any]) -> TaskDefinition[Any]:
             if name in self.tasks:
                 raise ValueError(f"task {name!r} is declared twice")
-            strategy = RetryStrategy(max_attempts=retry) if isinstance(retry, int) else retry
-            definition: TaskDefinition[ArgsT] = TaskDefinition(
+            definition: TaskDefinition[Any] = TaskDefinition(
                 name=name,
                 func=func,
-                args_model=typing.cast(type[ArgsT], _args_model_of(func)),
+                args_model=_args_model_of(func),
+                takes_args=bool(inspect.signature(func).parameters),
                 queue=queue,
                 priority=priority,
-                retry=strategy,
+                retry=get_retry_strategy(retry),
                 lock=lock,
                 queueing_lock=queueing_lock,
                 description=inspect.getdoc(func) or "",

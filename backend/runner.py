@@ -15,7 +15,7 @@ import procrastinate.app
 import uvicorn
 
 from backend.api import create_app
-from backend.errors import TaskhubError
+from backend.errors import SettingsError, TaskhubError
 from backend.queue import build_task_app
 from backend.settings import Settings
 
@@ -49,7 +49,7 @@ def bind_api_socket(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
-        raise TaskhubError(
+        raise SettingsError(
             f"cannot listen on {host}:{port} ({exc.strerror}); set TASKHUB_API_PORT or pass --port"
         ) from None
     sock.set_inheritable(True)

@@ -7,6 +7,7 @@ Every setting reads an environment variable with the ``TASKHUB_`` prefix, except
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import psycopg.conninfo
 from pydantic import AliasChoices, Field, ValidationError, field_validator
@@ -59,9 +60,15 @@ class Settings(BaseSettings):
             raise ValueError("must start with postgresql:// (e.g. postgresql://user@host/db)")
         try:
             psycopg.conninfo.conninfo_to_dict(value)
-        except psycopg.ProgrammingError as exc:
+            urlsplit(value).port  # noqa: B018 - raises on a port that is not a number
+        except (psycopg.ProgrammingError, ValueError) as exc:
             raise ValueError(f"is not a valid PostgreSQL URL: {exc}") from None
         return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_log_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
 
     @field_validator("worker_queues", mode="before")
     @classmethod
@@ -87,9 +94,10 @@ class Settings(BaseSettings):
 
 def env_name(field: str) -> str:
     """The environment variable a user sets for a settings field."""
-    if field == "database_url":
-        return "DATABASE_URL"
-    return f"TASKHUB_{field.upper()}"
+    name = field.upper()
+    if name in ("DATABASE_URL", "TASKHUB_DATABASE_URL"):
+        return name
+    return name if name.startswith("TASKHUB_") else f"TASKHUB_{name}"
 
 
 def load_settings(**overrides: object) -> Settings:

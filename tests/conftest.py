@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -50,13 +52,18 @@ def drop_database(admin_url: str, name: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def admin_url() -> Iterator[str]:
     url = os.environ.get("TEST_DATABASE_URL")
     if url:
         yield url
         return
-    with embedded_server(tmp_path_factory.mktemp("embedded") / "pgdata") as url:
-        yield url
+    # Not under pytest's basetemp: another pytest run may prune that while the server runs.
+    home = Path(tempfile.mkdtemp(prefix="taskhub-test-pg-"))
+    try:
+        with embedded_server(home / "pgdata") as url:
+            yield url
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

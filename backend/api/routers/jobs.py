@@ -28,17 +28,7 @@ JobId = Annotated[int, Path(ge=1, le=2**63 - 1, description="procrastinate's job
 async def create_job(body: DeferRequest, conn: Conn, response: Response) -> jobs.JobView:
     """Validate the arguments against the task's model and enqueue one job."""
     task = queue.get_task(body.task)
-    job_id = await queue.defer(
-        conn,
-        task,
-        body.args,
-        queue=body.queue,
-        priority=body.priority,
-        schedule_in=body.schedule_in,
-        schedule_at=body.schedule_at,
-        queueing_lock=body.queueing_lock,
-        lock=body.lock,
-    )
+    job_id = await queue.defer(conn, task, body.args, **body.options())
     response.headers["Location"] = f"/jobs/{job_id}"
     return await jobs.get_job(conn, job_id)
 

@@ -1,0 +1,124 @@
+"""Run real taskhub processes and talk to them over HTTP."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+TASKHUB = str(Path(sys.executable).parent / "taskhub")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The test's environment without any database or taskhub settings, plus ``extra``."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith("TASKHUB_") and key not in ("DATABASE_URL", "TEST_DATABASE_URL")
+    }
+    env.update(extra)
+    return env
+
+
+class TaskhubProcess:
+    """A `taskhub ...` child process whose output is collected as it comes."""
+
+    def __init__(self, args: list[str], cwd: Path, env: dict[str, str]) -> None:
+        self.process = subprocess.Popen(
+            [TASKHUB, *args],
+            cwd=cwd,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        with self.process.stdout:
+            for line in self.process.stdout:
+                self.lines.append(line.rstrip("\n"))
+
+    @property
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+    def wait_for_line(self, text: str, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while not any(text in line for line in self.lines):
+            if self.process.poll() is not None:
+                self._reader.join(timeout=5)
+                if any(text in line for line in self.lines):
+                    return
+                raise AssertionError(f"exited with {self.process.returncode}:\n{self.output}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no {text!r} within {timeout}s:\n{self.output}")
+            time.sleep(0.05)
+
+    def stop(self, sig: signal.Signals = signal.SIGTERM, timeout: float = 60) -> int:
+        self.process.send_signal(sig)
+        code = self.process.wait(timeout=timeout)
+        self._reader.join(timeout=5)
+        return code
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait(timeout=10)
+
+
+@pytest.fixture
+def spawn() -> Iterator[type[TaskhubProcess]]:
+    started: list[TaskhubProcess] = []
+
+    class Tracked(TaskhubProcess):
+        def __init__(self, args: list[str], cwd: Path, env: dict[str, str]) -> None:
+            super().__init__(args, cwd, env)
+            started.append(self)
+
+    yield Tracked
+    for child in started:
+        if child.process.poll() is None:
+            child.kill()
+        child._reader.join(timeout=5)
+
+
+def postmasters_in(data_dir: Path) -> list[psutil.Process]:
+    """PostgreSQL servers running on a data directory."""
+    found = []
+    for process in psutil.process_iter(["name", "cmdline"]):
+        cmdline = " ".join(process.info["cmdline"] or [])
+        if process.info["name"] == "postgres" and str(data_dir) in cmdline and "-D" in cmdline:
+            found.append(process)
+    return found
+
+
+def wait_for_job(
+    base_url: str, job_id: int, status: str = "succeeded", timeout: float = 30
+) -> dict[str, object]:
+    deadline = time.monotonic() + timeout
+    while True:
+        job: dict[str, object] = httpx.get(f"{base_url}/jobs/{job_id}").json()
+        if job["status"] == status:
+            return job
+        if time.monotonic() > deadline:
+            raise AssertionError(f"job {job_id} is {job['status']}, not {status}")
+        time.sleep(0.1)

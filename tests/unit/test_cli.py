@@ -1,0 +1,181 @@
+"""The taskhub CLI rejects bad input with exit code 2 before any database is touched."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from backend import cli
+
+
+def refuse_database(*args: Any, **kwargs: Any) -> Iterator[str]:
+    raise AssertionError("the CLI touched the database for input it should have rejected")
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty working directory, no DATABASE_URL, and no way to reach a database."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(cli, "database_url", refuse_database)
+    monkeypatch.setattr(cli, "_serve", refuse_database)
+    assert "DATABASE_URL" not in os.environ
+    return tmp_path
+
+
+def assert_nothing_started(workdir: Path) -> None:
+    assert not (workdir / ".taskhub").exists()
+    assert list(workdir.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["defer", "taskhub.ping", "--args", "{bad"],
+            "taskhub defer: error: argument --args: not valid JSON: ",
+        ),
+        (
+            ["defer", "taskhub.ping", "--args", "[1]"],
+            "taskhub defer: error: argument --args: must be a JSON object",
+        ),
+        (
+            ["defer", "taskhub.ping", "--args", '"text"'],
+            "taskhub defer: error: argument --args: must be a JSON object",
+        ),
+        (
+            ["worker", "--concurrency", "0"],
+            "taskhub worker: error: argument --concurrency: must be at least 1",
+        ),
+        (
+            ["up", "--concurrency", "-3"],
+            "taskhub up: error: argument --concurrency: must be at least 1",
+        ),
+        (
+            ["worker", "--queues", ","],
+            "taskhub worker: error: argument --queues: give at least one queue name",
+        ),
+        (["api", "--port", "http"], "taskhub api: error: argument --port: invalid int value"),
+        (["api", "--queues", "a"], "taskhub: error: unrecognized arguments: --queues a"),
+        (["defer"], "taskhub defer: error: the following arguments are required: task"),
+        ([], "taskhub: error: the following arguments are required: COMMAND"),
+        (["launch"], "taskhub: error: argument COMMAND: invalid choice: 'launch'"),
+    ],
+)
+def test_argument_errors_exit_2(
+    workdir: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    with pytest.raises(SystemExit) as caught:
+        cli.main(argv)
+
+    assert caught.value.code == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.startswith("usage: taskhub")
+    assert message in err
+    assert_nothing_started(workdir)
+
+
+def test_defer_of_an_unknown_task(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["defer", "nope"]) == 2
+
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == "taskhub: error: unknown task 'nope'; registered tasks: taskhub.ping\n"
+    assert_nothing_started(workdir)
+
+
+def test_defer_with_invalid_task_arguments(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["defer", "taskhub.ping", "--args", '{"sleep": -1}']) == 2
+
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.startswith("taskhub: error: invalid job: args.sleep: ")
+    assert err.count("\n") == 1
+    assert_nothing_started(workdir)
+
+
+def test_defer_with_an_unexpected_argument(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["defer", "taskhub.ping", "--args", '{"mesage": "typo"}']) == 2
+
+    assert "args.mesage" in capsys.readouterr().err
+    assert_nothing_started(workdir)
+
+
+@pytest.mark.parametrize("command", ["up", "api", "worker", "migrate", "defer"])
+def test_an_invalid_setting_fails_every_command(
+    workdir: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    command: str,
+) -> None:
+    monkeypatch.setenv("TASKHUB_API_PORT", "abc")
+    argv = [command, "taskhub.ping"] if command == "defer" else [command]
+
+    assert cli.main(argv) == 2
+
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.startswith("taskhub: error: invalid setting TASKHUB_API_PORT='abc': ")
+    assert err.count("\n") == 1
+    assert_nothing_started(workdir)
+
+
+def test_an_invalid_port_option_names_the_setting(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["api", "--port", "70000"]) == 2
+
+    err = capsys.readouterr().err
+    assert err.startswith("taskhub: error: invalid setting TASKHUB_API_PORT=70000: ")
+    assert "less than or equal to 65535" in err
+    assert_nothing_started(workdir)
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["worker", "--queues", "a, b,,c"], {"queues": ["a", "b", "c"], "concurrency": None}),
+        (["worker", "--concurrency", "4"], {"queues": None, "concurrency": 4}),
+        (["api", "--host", "0.0.0.0", "--port", "8001"], {"host": "0.0.0.0", "port": 8001}),
+        (
+            ["defer", "taskhub.ping", "--args", '{"message": "hi"}', "--schedule-in", "1.5"],
+            {"task": "taskhub.ping", "args": {"message": "hi"}, "schedule_in": 1.5},
+        ),
+        (["defer", "taskhub.ping"], {"args": {}, "priority": None, "queue": None}),
+        (["migrate", "--downgrade", "base"], {"downgrade": "base"}),
+    ],
+)
+def test_the_parser_converts_arguments(argv: list[str], expected: dict[str, object]) -> None:
+    namespace = vars(cli.build_parser().parse_args(argv))
+
+    assert namespace["command"] == argv[0]
+    assert {key: namespace[key] for key in expected} == expected
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["worker", "--concurrency", "abc"], "'abc' is not a whole number"),
+        (["defer", "taskhub.ping", "--priority", str(2**40)], "priority"),
+        (["defer", "taskhub.ping", "--queue", "no spaces allowed"], "queue"),
+        (["defer", "taskhub.ping", "--args", '{"message": "a\\u0000b"}'], "NUL"),
+    ],
+)
+def test_cli_validates_like_the_api(
+    workdir: Path, argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    try:
+        code = cli.main(argv)
+    except SystemExit as exit_:
+        code = int(str(exit_.code))
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert_nothing_started(workdir)
