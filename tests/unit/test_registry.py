@@ -303,7 +303,10 @@ def test_no_retry_is_described_as_none(blueprint: TaskBlueprint) -> None:
 
 def test_retry_values_mean_what_they_mean_in_procrastinate(blueprint: TaskBlueprint) -> None:
     def declare(name: str, retry: bool | int) -> TaskDefinition[Any]:
-        return blueprint.task(name=name, retry=retry)(lambda args: None)
+        def noop() -> None:
+            return None
+
+        return blueprint.task(name=name, retry=retry)(noop)
 
     forever = declare("tests.forever", True)
     assert isinstance(forever.retry, RetryStrategy)
