@@ -21,7 +21,7 @@ class Settings(BaseSettings):
 
     database_url: str | None = Field(
         default=None,
-        validation_alias=AliasChoices("DATABASE_URL", "TASKHUB_DATABASE_URL", "database_url"),
+        validation_alias=AliasChoices("DATABASE_URL", "database_url"),
         description="PostgreSQL URL. When unset, taskhub starts an embedded server.",
     )
     data_dir: Path = Field(
@@ -95,7 +95,7 @@ class Settings(BaseSettings):
 def env_name(field: str) -> str:
     """The environment variable a user sets for a settings field."""
     name = field.upper()
-    if name in ("DATABASE_URL", "TASKHUB_DATABASE_URL"):
+    if name == "DATABASE_URL":
         return name
     return name if name.startswith("TASKHUB_") else f"TASKHUB_{name}"
 

@@ -44,12 +44,6 @@ def test_database_url_is_read_from_the_environment(monkeypatch: pytest.MonkeyPat
     assert load_settings().database_url == "postgresql://app:secret@db.example:6543/shop"
 
 
-def test_taskhub_database_url_is_an_alternative_name(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("TASKHUB_DATABASE_URL", "postgres://app@db/shop")
-
-    assert load_settings().database_url == "postgres://app@db/shop"
-
-
 def test_an_empty_database_url_means_the_embedded_server(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DATABASE_URL", "")
 
@@ -115,11 +109,6 @@ def test_env_name(field: str, variable: str) -> None:
         ({"TASKHUB_API_PORT": "0"}, "TASKHUB_API_PORT", "greater than or equal to 1"),
         ({"DATABASE_URL": "mysql://x"}, "DATABASE_URL", "must start with postgresql://"),
         ({"DATABASE_URL": "postgresql://h:port/db"}, "DATABASE_URL", "not a valid PostgreSQL URL"),
-        (
-            {"TASKHUB_DATABASE_URL": "mysql://x"},
-            "TASKHUB_DATABASE_URL",
-            "must start with postgresql://",
-        ),
         (
             {"TASKHUB_POOL_MIN_SIZE": "5", "TASKHUB_POOL_MAX_SIZE": "2"},
             "TASKHUB_POOL_MAX_SIZE",
