@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 from pathlib import Path
@@ -11,6 +12,7 @@ import psutil
 import pytest
 
 from tests.e2e.conftest import (
+    TASKHUB,
     TaskhubProcess,
     clean_env,
     free_port,
@@ -51,6 +53,19 @@ def test_up_runs_a_job_and_stops_cleanly(
     assert httpx.get(f"{base}/health").json() == {"status": "ok", "database": "ok"}
     job = wait_for_job(base, defer_ping(base, "hello"))
     assert job["state"] == "SUCCESS"
+
+    # Another command in the same directory joins the running server and leaves it running.
+    defer = subprocess.run(
+        [TASKHUB, "defer", "taskhub.ping", "--args", '{"message": "from the CLI"}'],
+        cwd=tmp_path,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert defer.returncode == 0, defer.stderr
+    wait_for_job(base, int(json.loads(defer.stdout)["id"]))
+    assert postmasters_in(pgdata), "the CLI must not stop the server `up` is using"
 
     assert up.stop(stop_signal) == 0, up.output
     assert "taskhub stopped" in up.output
