@@ -32,7 +32,10 @@ def schema_dump(url: str) -> str:
     lines = [
         line
         for line in dump.splitlines()
-        if line and not line.startswith(("--", "SET ", "SELECT pg_catalog.set_config", "\\"))
+        if line
+        and not line.startswith(("--", "SET ", "SELECT pg_catalog.set_config", "\\"))
+        # Some servers stamp per-database attribute options (pg_attver); not schema.
+        and "(pg_attver=" not in line
     ]
     text = "\n".join(lines)
     # A revision that adds a column puts it last; schema.sql may put it elsewhere.
