@@ -90,6 +90,10 @@ def _configure_logging(settings: Settings) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if settings.log_level != "DEBUG":
+        # Start-up chatter; what matters is printed by taskhub itself.
+        for name in ("alembic", "procrastinate.blueprints", "procrastinate.periodic"):
+            logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def _settings_for(args: argparse.Namespace) -> Settings:

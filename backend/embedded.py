@@ -22,6 +22,7 @@ import psycopg
 from psycopg import sql
 
 from backend.errors import EmbeddedServerError
+from backend.queries import QUERIES
 
 with warnings.catch_warnings():
     # platformdirs warns when XDG_RUNTIME_DIR is unset (root shells, CI); the fallback is fine.
@@ -80,8 +81,8 @@ def recover_after_unclean_exit(pgdata: Path) -> None:
 
 def _ensure_database(admin_url: str, name: str) -> None:
     with psycopg.connect(admin_url, autocommit=True) as conn:
-        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
-        if exists is None:
+        row = conn.execute(QUERIES["database_exists"], {"name": name}).fetchone()
+        if row is None or not row[0]:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
 
 

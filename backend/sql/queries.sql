@@ -5,6 +5,10 @@
 -- Proves the database answers and the schema is migrated.
 SELECT to_regclass('procrastinate_jobs') IS NOT NULL AS migrated;
 
+-- database_exists --
+-- Whether a database of that name exists on the server.
+SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = %(name)s) AS exists;
+
 -- get_job --
 -- One job with its timeline (procrastinate's events, oldest first).
 SELECT job.id,
