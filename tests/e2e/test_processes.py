@@ -113,3 +113,24 @@ def test_worker_refuses_to_start_without_a_database(tmp_path: Path, empty_db_url
     result = run_cli(["worker"], tmp_path, clean_env(DATABASE_URL=empty_db_url))
     assert result.returncode == 1
     assert "run `taskhub migrate`" in result.stderr
+
+
+def test_python_dash_m_backend_is_the_taskhub_command(tmp_path: Path) -> None:
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "backend", "defer", "taskhub.pong"],
+        cwd=tmp_path,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "unknown task 'taskhub.pong'" in result.stderr
+    help_text = subprocess.run(
+        [sys.executable, "-m", "backend", "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert help_text.returncode == 0
+    for command in ("up", "api", "worker", "migrate", "defer"):
+        assert command in help_text.stdout
