@@ -597,8 +597,22 @@ def render_table(taskhub: Figures, bare: Figures, options: Options) -> str:
     return "\n".join(lines)
 
 
-def load_average() -> float:
-    return os.getloadavg()[0]
+def cpu_busy(seconds: float = 1.0) -> float | None:
+    """Share of all CPUs busy over ``seconds`` (from /proc/stat), before the bench starts."""
+
+    def sample() -> tuple[int, int]:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+        return sum(fields), idle
+
+    try:
+        total0, idle0 = sample()
+        time.sleep(seconds)
+        total1, idle1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    total = total1 - total0
+    return 1 - (idle1 - idle0) / total if total > 0 else None
 
 
 def render_report(
@@ -607,7 +621,7 @@ def render_report(
     options: Options,
     settings: Settings,
     elapsed: float,
-    load: tuple[float, float],
+    quiet: str,
 ) -> str:
     order = "taskhub first" if options.first == "taskhub" else "bare procrastinate first"
     pools = f"min {settings.pool_min_size}, max {settings.pool_max_size}"
@@ -622,8 +636,12 @@ def render_report(
     spacing = f"{options.latency_spacing * 1000:g}"
     return f"""# Baseline: taskhub next to bare procrastinate, no-op jobs
 
-There is no target yet: this is the baseline later work is measured against. Runs vary by
-10-15%; compare figures taken in one run, on one machine.
+There is no target yet: this is the baseline later work is measured against.
+
+Runs vary: on a small VM, fsync latency moves the enqueue and work rates by 10-30% from one
+run to the next, in either column. Compare figures taken in one run, on one machine, and
+read a difference between the columns of less than about 25% as noise unless it repeats
+across runs (`--first procrastinate` swaps the order).
 
 - date: {env.date}
 - command: `{env.command}` (took {elapsed:.0f} s)
@@ -631,8 +649,7 @@ There is no target yet: this is the baseline later work is measured against. Run
 (libpq {env.libpq}), psycopg-pool {env.psycopg_pool}, taskhub {env.taskhub}
 - server: {env.server} on the local machine ({env.server_settings})
 - CPUs: {env.cpus}; {env.platform}
-- load average (1 min) at start / end: {load[0]:.2f} / {load[1]:.2f} (other work on the
-  machine skews the figures: run it on a quiet machine)
+- machine before the run: {quiet} (other work on the machine skews the figures)
 
 {table}
 
@@ -662,7 +679,9 @@ The jobs are no-ops: `taskhub.ping` with `{{"message": i}}` (validated to
   `CHECKPOINT`; then `app.run_worker_async(..., wait=False)` timed from start to return (the
   worker stops once a fetch finds no job and its running jobs are finished), then a check that
   all {jobs} are `succeeded`. CPU per job is this process's CPU time (the worker, as nothing
-  else runs) divided by the jobs; PostgreSQL's CPU is not included.
+  else runs) divided by the jobs; PostgreSQL's CPU is not included. Each job is updated twice
+  (fetch, finish); with autovacuum off (see the server line) their dead rows stay for the
+  whole run.
 - **pickup latency**: jobs table emptied, a worker started (`wait=True`) and seen listening in
   `pg_stat_activity`; then {options.latency_samples} samples (after
   {WARMUP_LATENCY_SAMPLES} discarded), one at a time: defer one job through the column's
@@ -680,14 +699,17 @@ The jobs are no-ops: `taskhub.ping` with `{{"message": i}}` (validated to
 
 
 async def run(options: Options) -> str:
-    wall_started = time.perf_counter()
-    load_started = load_average()
-    if load_started > 0.5:
+    busy = await asyncio.to_thread(cpu_busy)
+    quiet = f"load average {os.getloadavg()[0]:.2f} (1 min)"
+    if busy is not None:
+        quiet = f"{busy:.0%} of the CPUs busy in the second before the start, {quiet}"
+    if busy is not None and busy > 0.1:
         print(
-            f"warning: load average is {load_started:.2f}: other processes are running, "
-            "the figures will be noisy",
+            f"warning: {busy:.0%} of the CPUs were busy before the start: other processes "
+            "are running, the figures will be noisy",
             file=sys.stderr,
         )
+    wall_started = time.perf_counter()
     env = await describe_environment(options.admin_url)
     figures: dict[str, Figures] = {}
     settings = load_settings(database_url=options.admin_url, worker_concurrency=10)
@@ -706,8 +728,7 @@ async def run(options: Options) -> str:
             figures[name] = await measure_column(column, url, settings, options)
     table = render_table(figures["taskhub"], figures["procrastinate"], options)
     elapsed = time.perf_counter() - wall_started
-    load = (load_started, load_average())
-    return render_report(env, table, options, settings, elapsed, load)
+    return render_report(env, table, options, settings, elapsed, quiet)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
