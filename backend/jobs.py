@@ -1,20 +1,27 @@
-"""Reading jobs: procrastinate's row and events, plus the Celery state names users know."""
+"""Reading and controlling jobs: procrastinate's rows seen through taskhub.job_overview.
+
+Every function takes the caller's connection and never commits: the request (or the CLI
+command) owns the transaction, so an action and its audit row commit together.
+"""
 
 from __future__ import annotations
 
+import base64
 import datetime
 from enum import StrEnum
 from typing import Any
 
+from psycopg.types.json import Jsonb
 from pydantic import BaseModel, Field
 
 from backend.db import DictConnection
-from backend.errors import JobNotFound
+from backend.errors import JobNotFound, TaskhubError
 from backend.queries import QUERIES
+from backend.runtime.progress import Progress
 
 
 class JobState(StrEnum):
-    """Celery's names for where a job is, derived from procrastinate's status."""
+    """Celery's names for where a job is (computed by the taskhub.job_overview view)."""
 
     PENDING = "PENDING"
     STARTED = "STARTED"
@@ -25,32 +32,50 @@ class JobState(StrEnum):
     REVOKED = "REVOKED"
 
 
-FINISHED_EVENTS = frozenset({"succeeded", "failed", "cancelled", "aborted"})
+class JobStatus(StrEnum):
+    """procrastinate's statuses."""
+
+    todo = "todo"
+    doing = "doing"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+    aborted = "aborted"
 
 
-def celery_state(status: str, attempts: int) -> JobState:
-    """Map procrastinate's status to Celery's state.
+FINISHED = frozenset({"succeeded", "failed", "cancelled", "aborted"})
 
-    A ``todo`` job that has already been tried is waiting for a retry.
-    """
-    if status == "todo":
-        return JobState.RETRY if attempts > 0 else JobState.PENDING
-    if status in ("doing", "aborting"):
-        return JobState.STARTED
-    if status == "succeeded":
-        return JobState.SUCCESS
-    if status == "failed":
-        return JobState.FAILURE
-    return JobState.REVOKED  # cancelled, aborted
+
+class JobConflict(TaskhubError):
+    """The job is not in a state that allows the action."""
+
+    status_code = 409
 
 
 class JobEvent(BaseModel):
-    type: str = Field(description="procrastinate event type: deferred, started, succeeded, ...")
+    type: str = Field(description="procrastinate event: deferred, started, succeeded, ...")
     at: datetime.datetime
 
 
-class JobView(BaseModel):
-    """What taskhub reports about one job."""
+class JobError(BaseModel):
+    """What one failed attempt raised."""
+
+    attempt: int
+    type: str = Field(examples=["ConnectionError"])
+    message: str = Field(examples=["ERP answered 503"])
+    traceback: str | None = None
+    at: datetime.datetime
+
+
+class LastError(BaseModel):
+    attempt: int
+    type: str
+    message: str
+    at: datetime.datetime
+
+
+class JobSummary(BaseModel):
+    """A job as listed: no arguments' history, just where it is."""
 
     id: int
     task: str
@@ -59,44 +84,77 @@ class JobView(BaseModel):
     args: dict[str, Any]
     lock: str | None
     queueing_lock: str | None
-    status: str = Field(description="procrastinate's status: todo, doing, succeeded, failed, ...")
-    state: JobState = Field(description="Celery's name for the status")
-    attempts: int
+    status: JobStatus = Field(description="procrastinate's status")
+    state: JobState = Field(description="Celery's name for it; PROGRESS once a task reports")
+    attempts: int = Field(description="Runs finished so far (a running job's is not counted)")
     scheduled_at: datetime.datetime | None
     created_at: datetime.datetime | None
     started_at: datetime.datetime | None
     finished_at: datetime.datetime | None
     abort_requested: bool
     worker_id: int | None
+    progress: Progress | None
+    result: Any = Field(default=None, description="What the task returned (JSON)")
+    last_error: LastError | None
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> JobSummary:
+        return cls(**_summary_fields(row))
+
+
+class JobView(JobSummary):
+    """Everything about one job."""
+
     events: list[JobEvent]
+    errors: list[JobError] = Field(description="One per failed attempt, oldest first")
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> JobView:
-        events = [JobEvent.model_validate(event) for event in row["events"]]
-
-        def last(types: frozenset[str]) -> datetime.datetime | None:
-            times = [event.at for event in events if event.type in types]
-            return times[-1] if times else None
-
         return cls(
-            id=row["id"],
-            task=row["task_name"],
-            queue=row["queue_name"],
-            priority=row["priority"],
-            args=row["args"],
-            lock=row["lock"],
-            queueing_lock=row["queueing_lock"],
-            status=row["status"],
-            state=celery_state(row["status"], row["attempts"]),
-            attempts=row["attempts"],
-            scheduled_at=row["scheduled_at"],
-            created_at=next((event.at for event in events if event.type == "deferred"), None),
-            started_at=last(frozenset({"started"})),
-            finished_at=last(FINISHED_EVENTS) if row["status"] in FINISHED_EVENTS else None,
-            abort_requested=row["abort_requested"],
-            worker_id=row["worker_id"],
-            events=events,
+            **_summary_fields(row),
+            events=[JobEvent.model_validate(event) for event in row["events"]],
+            errors=[JobError.model_validate(error) for error in row["errors"]],
         )
+
+
+def _summary_fields(row: dict[str, Any]) -> dict[str, Any]:
+    progress = None
+    if row["progress_updated_at"] is not None:
+        progress = Progress(
+            done=row["progress_done"],
+            total=row["progress_total"],
+            message=row["progress_message"],
+            counters=row["progress_counters"] or {},
+        )
+    last_error = None
+    if row["last_error_type"] is not None:
+        last_error = LastError(
+            attempt=row["last_error_attempt"],
+            type=row["last_error_type"],
+            message=row["last_error_message"],
+            at=row["last_error_at"],
+        )
+    return {
+        "id": row["id"],
+        "task": row["task_name"],
+        "queue": row["queue_name"],
+        "priority": row["priority"],
+        "args": row["args"],
+        "lock": row["lock"],
+        "queueing_lock": row["queueing_lock"],
+        "status": row["status"],
+        "state": row["state"],
+        "attempts": row["attempts"],
+        "scheduled_at": row["scheduled_at"],
+        "created_at": row["created_at"],
+        "started_at": row["started_at"],
+        "finished_at": row["finished_at"],
+        "abort_requested": row["abort_requested"],
+        "worker_id": row["worker_id"],
+        "progress": progress,
+        "result": row["result"],
+        "last_error": last_error,
+    }
 
 
 async def get_job(conn: DictConnection, job_id: int) -> JobView:
@@ -106,3 +164,111 @@ async def get_job(conn: DictConnection, job_id: int) -> JobView:
     if row is None:
         raise JobNotFound(f"job {job_id} not found")
     return JobView.from_row(row)
+
+
+class JobFilters(BaseModel):
+    statuses: list[JobStatus] | None = None
+    states: list[JobState] | None = None
+    task: str | None = None
+    queue: str | None = None
+    created_after: datetime.datetime | None = None
+    created_before: datetime.datetime | None = None
+    finished_after: datetime.datetime | None = None
+    finished_before: datetime.datetime | None = None
+
+
+class JobPage(BaseModel):
+    items: list[JobSummary]
+    next_cursor: str | None = Field(
+        description="Pass as `cursor` for the next (older) page; null on the last page."
+    )
+
+
+class InvalidCursor(TaskhubError):
+    """The pagination cursor was not one this API returned."""
+
+    status_code = 422
+    exit_code = 2
+
+
+def encode_cursor(job_id: int) -> str:
+    return base64.urlsafe_b64encode(f"id:{job_id}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> int:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        prefix, _, value = raw.partition(":")
+        job_id = int(value)
+        if prefix != "id" or not 0 < job_id < 2**63:
+            raise ValueError(raw)
+    except ValueError:
+        raise InvalidCursor("invalid cursor: use the next_cursor of a previous page") from None
+    return job_id
+
+
+async def list_jobs(
+    conn: DictConnection, filters: JobFilters, *, limit: int = 50, cursor: str | None = None
+) -> JobPage:
+    """Newest first. Keyset pagination on the job id, so new jobs never shift later pages."""
+    cursor_row = await conn.execute(
+        QUERIES["list_jobs"],
+        {
+            "before_id": decode_cursor(cursor) if cursor else None,
+            "statuses": [status.value for status in filters.statuses] if filters.statuses else None,
+            "states": [state.value for state in filters.states] if filters.states else None,
+            "task": filters.task,
+            "queue": filters.queue,
+            "created_after": filters.created_after,
+            "created_before": filters.created_before,
+            "finished_after": filters.finished_after,
+            "finished_before": filters.finished_before,
+            "limit": limit + 1,
+        },
+    )
+    rows = await cursor_row.fetchall()
+    items = [JobSummary.from_row(row) for row in rows[:limit]]
+    next_cursor = encode_cursor(items[-1].id) if len(rows) > limit else None
+    return JobPage(items=items, next_cursor=next_cursor)
+
+
+async def _record(
+    conn: DictConnection, actor: str, action: str, job_id: int, **details: Any
+) -> None:
+    await conn.execute(
+        QUERIES["record_audit"],
+        {"actor": actor, "action": action, "job_id": job_id, "details": Jsonb(details)},
+    )
+
+
+async def _locked_status(conn: DictConnection, job_id: int) -> str:
+    cursor = await conn.execute(QUERIES["lock_job"], {"job_id": job_id})
+    row = await cursor.fetchone()
+    if row is None:
+        raise JobNotFound(f"job {job_id} not found")
+    return str(row["status"])
+
+
+async def cancel_job(conn: DictConnection, job_id: int, actor: str) -> JobView:
+    """A waiting job is cancelled; a running one is asked to abort (the task sees it)."""
+    status = await _locked_status(conn, job_id)
+    if status not in ("todo", "doing"):
+        raise JobConflict(
+            f"job {job_id} is {status}: only waiting or running jobs can be cancelled"
+        )
+    await conn.execute(QUERIES["cancel_job"], {"job_id": job_id})
+    action = "cancel" if status == "todo" else "abort"
+    await _record(conn, actor, action, job_id, previous_status=status)
+    return await get_job(conn, job_id)
+
+
+async def retry_job(conn: DictConnection, job_id: int, actor: str) -> JobView:
+    """Run a failed, cancelled or aborted job again; its history stays."""
+    status = await _locked_status(conn, job_id)
+    if status not in ("failed", "cancelled", "aborted"):
+        raise JobConflict(
+            f"job {job_id} is {status}: only failed, cancelled or aborted jobs can be retried"
+        )
+    await conn.execute(QUERIES["retry_finished_job"], {"job_id": job_id})
+    await _record(conn, actor, "retry", job_id, previous_status=status)
+    return await get_job(conn, job_id)

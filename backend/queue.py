@@ -117,6 +117,7 @@ def build_task_app(url: str, settings: Settings) -> procrastinate.App:
             retry=definition.retry or False,
             lock=definition.lock,
             queueing_lock=definition.queueing_lock,
+            pass_context=True,
         )(definition.procrastinate_function())
     return app
 

@@ -14,10 +14,13 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+from procrastinate import JobContext
 from procrastinate.retry import BaseRetryStrategy, RetryStrategy, RetryValue, get_retry_strategy
 from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic_core import PydanticSerializationError, to_jsonable_python
 
 from backend.errors import InvalidJobArguments
+from backend.runtime.context import TaskContext
 
 ArgsT = TypeVar("ArgsT", bound=BaseModel)
 JSONDict = dict[str, Any]
@@ -29,11 +32,22 @@ class NoArgs(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class ResultNotJSON(TypeError):
+    """A task returned something that cannot be stored as JSON."""
+
+
 def to_json(value: Any) -> Any:
-    """Turn a task's return value into JSON-compatible data (pydantic models included)."""
+    """Turn a task's return value into JSON data: pydantic models, datetimes, UUIDs, ...
+
+    Anything else (a set of objects, a file, a socket) fails the job with a clear error
+    rather than the statement that stores the result.
+    """
     if isinstance(value, BaseModel):
         return value.model_dump(mode="json")
-    return value
+    try:
+        return to_jsonable_python(value)
+    except PydanticSerializationError as exc:
+        raise ResultNotJSON(f"the task returned a value that is not JSON: {exc}") from None
 
 
 def describe_validation_error(
@@ -56,6 +70,7 @@ class TaskDefinition(Generic[ArgsT]):
     func: Callable[..., Any]
     args_model: type[ArgsT]
     takes_args: bool = True
+    takes_context: bool = False
     queue: str = "default"
     priority: int = 0
     retry: BaseRetryStrategy | None = None
@@ -84,22 +99,25 @@ class TaskDefinition(Generic[ArgsT]):
 
     def procrastinate_function(self) -> Callable[..., Any]:
         """The function procrastinate runs: validates the stored JSON, calls the task."""
-        func, model, takes_args = self.func, self.args_model, self.takes_args
+        func, model = self.func, self.args_model
+        takes_args, takes_context = self.takes_args, self.takes_context
 
-        def call_args(kwargs: dict[str, Any]) -> tuple[BaseModel, ...]:
+        def call_args(job_context: JobContext, kwargs: dict[str, Any]) -> tuple[Any, ...]:
             parsed = model.model_validate(kwargs)
-            return (parsed,) if takes_args else ()
+            arguments: tuple[Any, ...] = (parsed,) if takes_args else ()
+            return (*arguments, TaskContext(job_context)) if takes_context else arguments
 
+        # procrastinate passes its JobContext first (the app sets pass_context=True).
         if self.is_async:
 
-            async def run_async(**kwargs: Any) -> Any:
-                return to_json(await func(*call_args(kwargs)))
+            async def run_async(job_context: JobContext, **kwargs: Any) -> Any:
+                return to_json(await func(*call_args(job_context, kwargs)))
 
             runner: Callable[..., Any] = run_async
         else:
 
-            def run_sync(**kwargs: Any) -> Any:
-                return to_json(func(*call_args(kwargs)))
+            def run_sync(job_context: JobContext, **kwargs: Any) -> Any:
+                return to_json(func(*call_args(job_context, kwargs)))
 
             runner = run_sync
         runner.__name__ = getattr(func, "__name__", self.name)
@@ -123,18 +141,31 @@ class TaskDefinition(Generic[ArgsT]):
         }
 
 
-def _args_model_of(func: Callable[..., Any]) -> type[BaseModel]:
+@dataclass(frozen=True)
+class _Signature:
+    args_model: type[BaseModel]
+    takes_args: bool
+    takes_context: bool
+
+
+def _inspect_task(func: Callable[..., Any]) -> _Signature:
+    """A task is ``f()``, ``f(args: Model)``, ``f(ctx: TaskContext)`` or ``f(args, ctx)``."""
     parameters = list(inspect.signature(func).parameters.values())
-    if not parameters:
-        return NoArgs
     hints = typing.get_type_hints(func)
-    annotation = hints.get(parameters[0].name)
-    if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+    annotations = [hints.get(parameter.name) for parameter in parameters]
+    takes_context = bool(annotations) and annotations[-1] is TaskContext
+    if takes_context:
+        annotations = annotations[:-1]
+    if not annotations:
+        return _Signature(NoArgs, takes_args=False, takes_context=takes_context)
+    first = annotations[0]
+    if len(annotations) > 1 or not (isinstance(first, type) and issubclass(first, BaseModel)):
         raise TypeError(
             f"task {func.__qualname__}: its first parameter must be annotated with a "
-            "pydantic model (the job's JSON arguments)"
+            "pydantic model (the job's JSON arguments), and a second one, if any, "
+            "with TaskContext"
         )
-    return annotation
+    return _Signature(first, takes_args=True, takes_context=takes_context)
 
 
 @dataclass
@@ -162,11 +193,13 @@ class TaskBlueprint:
         def declare(func: Callable[..., Any]) -> TaskDefinition[Any]:
             if name in self.tasks:
                 raise ValueError(f"task {name!r} is declared twice")
+            signature = _inspect_task(func)
             definition: TaskDefinition[Any] = TaskDefinition(
                 name=name,
                 func=func,
-                args_model=_args_model_of(func),
-                takes_args=bool(inspect.signature(func).parameters),
+                args_model=signature.args_model,
+                takes_args=signature.takes_args,
+                takes_context=signature.takes_context,
                 queue=queue,
                 priority=priority,
                 retry=get_retry_strategy(retry),

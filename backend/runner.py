@@ -11,12 +11,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import procrastinate
-import procrastinate.app
 import uvicorn
 
 from backend.api import create_app
 from backend.errors import SettingsError, TaskhubError
 from backend.queue import build_task_app
+from backend.runtime.worker import TaskhubWorker
 from backend.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -56,18 +56,19 @@ def bind_api_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-async def _run_worker(app: procrastinate.App, settings: Settings, options: WorkerOptions) -> None:
-    worker_options: procrastinate.app.WorkerOptions = {
-        "concurrency": options.concurrency,
-        "fetch_job_polling_interval": settings.fetch_polling_interval,
-        "shutdown_graceful_timeout": settings.shutdown_grace_period,
-        "install_signal_handlers": False,
-        "listen_notify": True,
-    }
-    if options.queues:
-        worker_options["queues"] = options.queues
+async def run_worker(app: procrastinate.App, settings: Settings, options: WorkerOptions) -> None:
+    """Run taskhub's worker on ``app`` until cancelled (then it stops gracefully)."""
+    worker = TaskhubWorker(
+        app=app,
+        queues=options.queues or None,
+        concurrency=options.concurrency,
+        fetch_job_polling_interval=settings.fetch_polling_interval,
+        shutdown_graceful_timeout=settings.shutdown_grace_period,
+        install_signal_handlers=False,
+        listen_notify=True,
+    )
     async with app.open_async():
-        await app.run_worker_async(**worker_options)
+        await worker.run()  # type: ignore[no-untyped-call]
 
 
 async def run_services(
@@ -98,7 +99,7 @@ async def run_services(
     if worker is not None:
         task_app = build_task_app(url, settings)
         services["worker"] = asyncio.create_task(
-            _run_worker(task_app, settings, worker), name="worker"
+            run_worker(task_app, settings, worker), name="worker"
         )
 
     stop_waiter = asyncio.create_task(stop.wait(), name="signal")

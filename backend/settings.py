@@ -13,6 +13,7 @@ import psycopg.conninfo
 from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from backend.auth import ApiToken, generated_admin_token, parse_tokens
 from backend.errors import SettingsError
 
 
@@ -50,6 +51,28 @@ class Settings(BaseSettings):
         default=30.0, ge=0, description="Seconds running jobs get to finish on shutdown."
     )
     log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$")
+
+    tokens: str = Field(
+        default="",
+        repr=False,
+        description="API tokens: comma-separated [name=]scope:token (scopes read, operate, admin).",
+    )
+    result_retention_days: float = Field(
+        default=7, gt=0, description="Days results and progress of finished jobs are kept."
+    )
+    failed_error_retention_days: float = Field(
+        default=30, gt=0, description="Days the errors of failed jobs are kept."
+    )
+
+    @field_validator("tokens")
+    @classmethod
+    def _check_tokens(cls, value: str) -> str:
+        parse_tokens(value)
+        return value
+
+    def api_tokens(self) -> list[ApiToken]:
+        """The configured tokens, or the generated admin token when there are none."""
+        return parse_tokens(self.tokens) or [generated_admin_token(self.data_dir)]
 
     @field_validator("database_url")
     @classmethod
@@ -107,6 +130,6 @@ def load_settings(**overrides: object) -> Settings:
     except ValidationError as exc:
         first = exc.errors()[0]
         field = str(first["loc"][0]) if first["loc"] else "settings"
-        value = first.get("input")
+        value = "<hidden>" if field == "tokens" else repr(first.get("input"))
         message = first["msg"].removeprefix("Value error, ")
-        raise SettingsError(f"invalid setting {env_name(field)}={value!r}: {message}") from None
+        raise SettingsError(f"invalid setting {env_name(field)}={value}: {message}") from None

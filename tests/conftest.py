@@ -94,9 +94,19 @@ def empty_db_url(admin_url: str) -> Iterator[str]:
     drop_database(admin_url, name)
 
 
+ADMIN_TOKEN = "admin-token-0123456789"
+OPERATE_TOKEN = "operate-token-0123456789"
+READ_TOKEN = "read-token-0123456789"
+TOKENS = f"root=admin:{ADMIN_TOKEN},ops=operate:{OPERATE_TOKEN},viewer=read:{READ_TOKEN}"
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
 @pytest.fixture
 def settings(db_url: str, tmp_path: Path) -> Settings:
-    return load_settings(database_url=db_url, data_dir=tmp_path / ".taskhub")
+    return load_settings(database_url=db_url, data_dir=tmp_path / ".taskhub", tokens=TOKENS)
 
 
 @pytest.fixture

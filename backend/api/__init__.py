@@ -12,6 +12,7 @@ from backend.api.routers import health, jobs, tasks
 from backend.db import create_pool
 from backend.errors import InvalidJobArguments, SettingsError, TaskhubError
 from backend.settings import Settings, load_settings
+from backend.waiting import JobWatcher
 
 
 def create_app(settings: Settings | None = None, database_url: str | None = None) -> FastAPI:
@@ -27,10 +28,13 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         pool = create_pool(url, settings)
         await pool.open(wait=False)
-        app.state.pool = pool
+        watcher = JobWatcher(url)
+        await watcher.start()
+        app.state.pool, app.state.watcher = pool, watcher
         try:
             yield
         finally:
+            await watcher.stop()
             await pool.close()
 
     app = FastAPI(
@@ -40,6 +44,7 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.tokens = settings.api_tokens()
 
     @app.exception_handler(TaskhubError)
     async def taskhub_error(request: Request, exc: TaskhubError) -> JSONResponse:

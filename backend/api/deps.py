@@ -1,19 +1,51 @@
-"""Request dependencies. The connection dependency is the transaction boundary."""
+"""Request dependencies: the pool, the transaction boundary, the caller's token."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Annotated, cast
+import contextlib
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Annotated, Any, cast
 
 from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from backend.auth import ApiToken, Scope, authenticate
 from backend.db import DictConnection
-from backend.errors import DatabaseUnavailable
+from backend.errors import DatabaseUnavailable, TaskhubError
+from backend.waiting import JobWatcher
+
+
+class Unauthenticated(TaskhubError):
+    """No valid API token."""
+
+    status_code = 401
+
+
+class Forbidden(TaskhubError):
+    """The token's scope does not allow this."""
+
+    status_code = 403
 
 
 def get_pool(request: Request) -> AsyncConnectionPool[DictConnection]:
     return cast(AsyncConnectionPool[DictConnection], request.app.state.pool)
+
+
+def get_watcher(request: Request) -> JobWatcher:
+    return cast(JobWatcher, request.app.state.watcher)
+
+
+@contextlib.asynccontextmanager
+async def connection(
+    pool: AsyncConnectionPool[DictConnection], timeout: float
+) -> AsyncIterator[DictConnection]:
+    """A pooled connection, or a 503 when none comes within ``timeout`` seconds."""
+    try:
+        async with pool.connection(timeout=timeout) as conn:
+            yield conn
+    except PoolTimeout:
+        raise DatabaseUnavailable("the database is unreachable; try again shortly") from None
 
 
 async def get_conn(
@@ -21,13 +53,37 @@ async def get_conn(
     pool: Annotated[AsyncConnectionPool[DictConnection], Depends(get_pool)],
 ) -> AsyncIterator[DictConnection]:
     """One transaction per request: committed before the response is sent, rolled back on error."""
-    timeout = request.app.state.settings.database_timeout
-    try:
-        async with pool.connection(timeout=timeout) as conn, conn.transaction():
-            yield conn
-    except PoolTimeout:
-        raise DatabaseUnavailable("the database is unreachable; try again shortly") from None
+    async with (
+        connection(pool, request.app.state.settings.database_timeout) as conn,
+        conn.transaction(),
+    ):
+        yield conn
+
+
+bearer = HTTPBearer(auto_error=False, description="An API token from TASKHUB_TOKENS.")
+
+
+def require(scope: Scope) -> Callable[..., Coroutine[Any, Any, ApiToken]]:
+    """A dependency admitting tokens of ``scope`` or above; it returns the caller's token."""
+
+    async def check(
+        request: Request,
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+    ) -> ApiToken:
+        token = (
+            authenticate(request.app.state.tokens, credentials.credentials) if credentials else None
+        )
+        if token is None:
+            raise Unauthenticated("a valid API token is required: Authorization: Bearer <token>")
+        if token.scope < scope:
+            raise Forbidden(f"this needs the {scope.name} scope; the token has {token.scope.name}")
+        return token
+
+    return check
 
 
 Pool = Annotated[AsyncConnectionPool[DictConnection], Depends(get_pool)]
 Conn = Annotated[DictConnection, Depends(get_conn, scope="function")]
+Watcher = Annotated[JobWatcher, Depends(get_watcher)]
+Reader = Annotated[ApiToken, Depends(require(Scope.read))]
+Operator = Annotated[ApiToken, Depends(require(Scope.operate))]

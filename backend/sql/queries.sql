@@ -10,25 +10,143 @@ SELECT to_regclass('procrastinate_jobs') IS NOT NULL AS migrated;
 SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = %(name)s) AS exists;
 
 -- get_job --
--- One job with its timeline (procrastinate's events, oldest first).
-SELECT job.id,
-       job.task_name,
-       job.queue_name,
-       job.priority,
-       job.lock,
-       job.queueing_lock,
-       job.args,
-       job.status::text AS status,
-       job.scheduled_at,
-       job.attempts,
-       job.abort_requested,
-       job.worker_id,
-       COALESCE(timeline.events, '[]'::jsonb) AS events
-  FROM procrastinate_jobs job
+-- One job from taskhub.job_overview, with its event timeline and every error.
+SELECT overview.*,
+       COALESCE(timeline.events, '[]'::jsonb) AS events,
+       COALESCE(failures.errors, '[]'::jsonb) AS errors
+  FROM taskhub.job_overview overview
   LEFT JOIN LATERAL (
         SELECT jsonb_agg(jsonb_build_object('type', event.type, 'at', event.at)
                          ORDER BY event.at, event.id) AS events
           FROM procrastinate_events event
-         WHERE event.job_id = job.id
+         WHERE event.job_id = overview.id
        ) timeline ON true
- WHERE job.id = %(job_id)s;
+  LEFT JOIN LATERAL (
+        SELECT jsonb_agg(jsonb_build_object(
+                   'attempt', error.attempt, 'type', error.type, 'message', error.message,
+                   'traceback', error.traceback, 'at', error.created_at
+               ) ORDER BY error.id) AS errors
+          FROM taskhub.job_errors error
+         WHERE error.job_id = overview.id
+       ) failures ON true
+ WHERE overview.id = %(job_id)s;
+
+-- list_jobs --
+-- Jobs newest first, filtered, one page after the cursor (keyset: stable under inserts).
+SELECT overview.*
+  FROM taskhub.job_overview overview
+ WHERE (%(before_id)s::bigint IS NULL OR overview.id < %(before_id)s)
+   AND (%(statuses)s::text[] IS NULL OR overview.status = ANY(%(statuses)s))
+   AND (%(states)s::text[] IS NULL OR overview.state = ANY(%(states)s))
+   AND (%(task)s::text IS NULL OR overview.task_name = %(task)s)
+   AND (%(queue)s::text IS NULL OR overview.queue_name = %(queue)s)
+   AND (%(created_after)s::timestamptz IS NULL OR overview.created_at >= %(created_after)s)
+   AND (%(created_before)s::timestamptz IS NULL OR overview.created_at < %(created_before)s)
+   AND (%(finished_after)s::timestamptz IS NULL OR overview.finished_at >= %(finished_after)s)
+   AND (%(finished_before)s::timestamptz IS NULL OR overview.finished_at < %(finished_before)s)
+ ORDER BY overview.id DESC
+ LIMIT %(limit)s;
+
+-- lock_job --
+-- The job's status, locked until the end of the transaction (control actions).
+SELECT id, status::text AS status FROM procrastinate_jobs WHERE id = %(job_id)s FOR UPDATE;
+
+-- cancel_job --
+-- A waiting job becomes cancelled; a running one gets an abort request (procrastinate's rules).
+SELECT procrastinate_cancel_job_v1(%(job_id)s, true, false) AS id;
+
+-- retry_finished_job --
+-- A failed, cancelled or aborted job waits to run again, now. Its events, errors and attempt
+-- count stay; its progress and result go (they belong to the new run). procrastinate's
+-- trigger records 'retried' only for failed jobs, so the others get theirs here.
+WITH target AS (
+    SELECT id, status FROM procrastinate_jobs
+     WHERE id = %(job_id)s AND status IN ('failed', 'cancelled', 'aborted')
+     FOR UPDATE
+), retried AS (
+    UPDATE procrastinate_jobs job
+       SET status = 'todo', scheduled_at = NULL, abort_requested = false
+      FROM target
+     WHERE job.id = target.id
+ RETURNING job.id, job.queue_name, target.status AS previous_status
+), wake AS (
+    -- procrastinate only notifies on INSERT; wake the workers as a new job would.
+    SELECT pg_notify(channel, json_build_object('type', 'job_inserted', 'job_id', id)::text)
+      FROM retried,
+           unnest(ARRAY['procrastinate_queue_v1#' || queue_name, 'procrastinate_any_queue_v1'])
+           AS channel
+), event AS (
+    INSERT INTO procrastinate_events (job_id, type)
+    SELECT id, 'retried' FROM retried WHERE previous_status <> 'failed'
+), progress AS (
+    DELETE FROM taskhub.job_progress WHERE job_id IN (SELECT id FROM retried)
+), result AS (
+    DELETE FROM taskhub.job_results WHERE job_id IN (SELECT id FROM retried)
+)
+SELECT previous_status::text, (SELECT count(*) FROM wake) AS woken FROM retried;
+
+-- record_audit --
+-- Who did what to which job; written in the transaction of the action itself.
+INSERT INTO taskhub.audit_log (actor, action, job_id, details)
+VALUES (%(actor)s, %(action)s, %(job_id)s, %(details)s);
+
+-- lock_idempotency_key --
+-- Serialises requests that share an Idempotency-Key until the first one commits.
+SELECT pg_advisory_xact_lock(hashtextextended(%(actor)s || '/' || %(key)s, 0));
+
+-- find_idempotency_key --
+-- The job a key created less than a day ago.
+SELECT job_id, request_hash FROM taskhub.idempotency_keys
+ WHERE actor = %(actor)s AND key = %(key)s AND created_at > now() - interval '24 hours';
+
+-- save_idempotency_key --
+INSERT INTO taskhub.idempotency_keys (actor, key, request_hash, job_id)
+VALUES (%(actor)s, %(key)s, %(request_hash)s, %(job_id)s)
+ON CONFLICT (actor, key) DO UPDATE
+   SET request_hash = EXCLUDED.request_hash, job_id = EXCLUDED.job_id, created_at = now();
+
+-- write_progress --
+-- A running task's latest progress report (throttled by the worker).
+INSERT INTO taskhub.job_progress AS progress (job_id, done, total, message, counters, updated_at)
+VALUES (%(job_id)s, %(done)s, %(total)s, %(message)s, %(counters)s::jsonb, now())
+ON CONFLICT (job_id) DO UPDATE
+   SET done = EXCLUDED.done, total = EXCLUDED.total, message = EXCLUDED.message,
+       counters = EXCLUDED.counters, updated_at = now();
+
+-- finish_job --
+-- procrastinate's finish, plus the job's last progress, result and error, in one statement:
+-- either all of it is stored or none (the finish raises if the job is not running).
+WITH progress AS (
+    INSERT INTO taskhub.job_progress AS progress (job_id, done, total, message, counters)
+    SELECT %(job_id)s::bigint, %(done)s::bigint, %(total)s::bigint, %(message)s::text,
+           %(counters)s::jsonb
+     WHERE %(has_progress)s
+    ON CONFLICT (job_id) DO UPDATE
+       SET done = EXCLUDED.done, total = EXCLUDED.total, message = EXCLUDED.message,
+           counters = EXCLUDED.counters, updated_at = now()
+), result AS (
+    INSERT INTO taskhub.job_results (job_id, result)
+    SELECT %(job_id)s::bigint, %(result)s::jsonb WHERE %(has_result)s
+    ON CONFLICT (job_id) DO UPDATE SET result = EXCLUDED.result, created_at = now()
+), error AS (
+    INSERT INTO taskhub.job_errors (job_id, attempt, type, message, traceback)
+    SELECT %(job_id)s::bigint, %(attempt)s::integer, %(error_type)s::text,
+           %(error_message)s::text, %(traceback)s::text
+     WHERE %(error_type)s::text IS NOT NULL
+)
+SELECT procrastinate_finish_job_v1(%(job_id)s, %(status)s::procrastinate_job_status, false);
+
+-- retry_job --
+-- procrastinate's retry, plus the attempt's error, in one statement.
+WITH progress AS (
+    -- Progress belongs to an attempt: the next one starts from nothing.
+    DELETE FROM taskhub.job_progress WHERE job_id = %(job_id)s
+), error AS (
+    INSERT INTO taskhub.job_errors (job_id, attempt, type, message, traceback)
+    SELECT %(job_id)s::bigint, %(attempt)s::integer, %(error_type)s::text,
+           %(error_message)s::text, %(traceback)s::text
+     WHERE %(error_type)s::text IS NOT NULL
+)
+SELECT procrastinate_retry_job_v2(
+    %(job_id)s, %(retry_at)s::timestamptz, %(priority)s::integer, %(queue)s::varchar, %(lock)s::varchar
+);

@@ -13,17 +13,22 @@ from fastapi import FastAPI
 
 from backend.api import create_app
 from backend.queue import build_task_app
-from backend.runner import WorkerOptions, _run_worker
+from backend.runner import WorkerOptions, run_worker
 from backend.settings import Settings
-from tests.conftest import eventually
+from tests.conftest import OPERATE_TOKEN, bearer, eventually
 
 
 @contextlib.asynccontextmanager
-async def running_api(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+async def running_api(
+    app: FastAPI, token: str | None = OPERATE_TOKEN
+) -> AsyncIterator[httpx.AsyncClient]:
+    """The app with its lifespan, and a client sending ``token`` (operate scope by default)."""
     async with (
         app.router.lifespan_context(app),
         httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://taskhub"
+            transport=httpx.ASGITransport(app=app),
+            base_url="http://taskhub",
+            headers=bearer(token) if token else {},
         ) as client,
     ):
         yield client
@@ -42,7 +47,7 @@ async def running_worker(
     """A real procrastinate worker, as `taskhub worker` runs it, on this test's database."""
     app = build_task_app(db_url, settings)
     task = asyncio.create_task(
-        _run_worker(app, settings, WorkerOptions(queues=queues, concurrency=concurrency))
+        run_worker(app, settings, WorkerOptions(queues=queues, concurrency=concurrency))
     )
     await wait_until_listening(db_url, task)
     try:

@@ -7,12 +7,21 @@ import inspect
 from typing import Any
 
 import pytest
-from procrastinate import RetryStrategy
+from procrastinate import App, JobContext, RetryStrategy
+from procrastinate.jobs import Job
+from procrastinate.testing import InMemoryConnector
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from backend.errors import InvalidJobArguments
 from backend.registry import NoArgs, TaskBlueprint, TaskDefinition
 from backend.tasks import all_tasks
+
+
+def job_context() -> JobContext:
+    """A procrastinate JobContext for calling task functions directly (no database)."""
+    app = App(connector=InMemoryConnector())
+    job = Job(id=1, queue="default", lock=None, queueing_lock=None, task_name="tests.task")
+    return JobContext(app=app, job=job, start_timestamp=0.0, abort_reason=lambda: None)
 
 
 class ReportArgs(BaseModel):
@@ -103,7 +112,7 @@ def test_a_task_without_parameters_can_run(blueprint: TaskBlueprint) -> None:
     def tick() -> str:
         return "tock"
 
-    assert tick.procrastinate_function()() == "tock"
+    assert tick.procrastinate_function()(job_context()) == "tock"
 
 
 def test_declaring_the_same_name_twice_raises(blueprint: TaskBlueprint) -> None:
@@ -201,7 +210,7 @@ async def test_procrastinate_function_of_an_async_task(blueprint: TaskBlueprint)
     assert inspect.iscoroutinefunction(function)
     assert function.__name__ == "build"
     assert function.__doc__ == "Build it asynchronously."
-    result = await function(account="acme", day="2024-03-01")
+    result = await function(job_context(), account="acme", day="2024-03-01")
     assert result == {"account": "acme", "day": "2024-03-01", "total": 12.5}
     assert received == [ReportArgs(account="acme", day=datetime.date(2024, 3, 1))]
 
@@ -216,7 +225,7 @@ def test_procrastinate_function_of_a_sync_task(blueprint: TaskBlueprint) -> None
     assert not build.is_async
     assert not inspect.iscoroutinefunction(function)
     assert inspect.isfunction(function)
-    assert function(account="acme", sleep=3) == {
+    assert function(job_context(), account="acme", sleep=3) == {
         "account": "acme",
         "day": "2024-01-31",
         "total": 3.0,
@@ -228,7 +237,7 @@ def test_plain_return_values_pass_through(blueprint: TaskBlueprint) -> None:
     def plain(args: ReportArgs) -> dict[str, Any]:
         return {"account": args.account, "tags": args.tags}
 
-    assert plain.procrastinate_function()(account="a", tags=["x"]) == {
+    assert plain.procrastinate_function()(job_context(), account="a", tags=["x"]) == {
         "account": "a",
         "tags": ["x"],
     }
@@ -244,9 +253,9 @@ def test_procrastinate_function_validates_the_stored_kwargs(blueprint: TaskBluep
     function = strict.procrastinate_function()
 
     with pytest.raises(ValidationError):
-        function(account="acme", sleep=-5)
+        function(job_context(), account="acme", sleep=-5)
     with pytest.raises(ValidationError):
-        function(sleep=1)
+        function(job_context(), sleep=1)
     assert calls == []
 
 
@@ -260,7 +269,7 @@ async def test_async_procrastinate_function_validates_the_stored_kwargs(
         calls.append(args)
 
     with pytest.raises(ValidationError):
-        await strict.procrastinate_function()(account="acme", unknown=1)
+        await strict.procrastinate_function()(job_context(), account="acme", unknown=1)
     assert calls == []
 
 

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from backend.api.deps import Reader
+from backend.api.routers.jobs import AUTH
 from backend.api.schemas import TaskInfo
 from backend.tasks import all_tasks
 
 router = APIRouter(tags=["tasks"])
 
 
-@router.get("/tasks", response_model=list[TaskInfo])
-async def list_tasks() -> list[TaskInfo]:
+@router.get("/tasks", response_model=list[TaskInfo], responses=AUTH)
+async def list_tasks(caller: Reader) -> list[TaskInfo]:
     """Every task a job can be deferred for."""
     return [
         TaskInfo(

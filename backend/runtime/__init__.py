@@ -1,0 +1,1 @@
+"""What taskhub adds to procrastinate's worker: progress, results and errors of each job."""

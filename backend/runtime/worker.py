@@ -1,0 +1,132 @@
+"""taskhub's extension of procrastinate's worker: it stores what each job produced.
+
+procrastinate finishes a job with one call to its finish (or retry) function and keeps
+nothing of what the task returned or raised. ``TaskhubWorker`` replaces that one call with
+one statement that also writes the job's last progress report, its JSON result and the
+attempt's error (type, message, traceback), so the outcome and the status commit together.
+
+It overrides ``Worker._persist_job_status``, a private method of procrastinate's worker:
+tests/integration/test_worker_outcomes.py pins that behaviour to the procrastinate version
+range in pyproject.toml.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import traceback
+from typing import Any
+
+from procrastinate import JobContext, exceptions, jobs, retry
+from procrastinate.job_context import JobResult
+from procrastinate.worker import Worker
+from psycopg.types.json import Jsonb
+
+from backend.queries import QUERIES
+from backend.runtime.context import RUNTIME_KEY, JobRuntime
+from backend.runtime.progress import Progress, ProgressReporter
+
+TRACEBACK_LIMIT = 20_000  # characters kept per error
+
+
+def _runtime(context: JobContext) -> JobRuntime:
+    runtime = context.additional_context.get(RUNTIME_KEY)
+    if not isinstance(runtime, JobRuntime):
+        runtime = JobRuntime()
+        context.additional_context[RUNTIME_KEY] = runtime
+    return runtime
+
+
+async def track_job(call_next: Any, context: JobContext, worker: Worker) -> Any:
+    """Worker middleware: give the job a progress reporter and remember what it raised."""
+    runtime = _runtime(context)
+    job_id = context.job.id
+    connector = worker.app.connector
+
+    async def write(progress: Progress) -> None:
+        await connector.execute_query_async(
+            QUERIES["write_progress"], job_id=job_id, **_progress_params(progress)
+        )
+
+    runtime.reporter = ProgressReporter(asyncio.get_running_loop(), write)
+    try:
+        return await call_next()
+    except BaseException as exc:
+        runtime.error = exc
+        raise
+
+
+def _progress_params(progress: Progress | None) -> dict[str, Any]:
+    if progress is None:
+        return {"has_progress": False, "done": None, "total": None, "message": None,
+                "counters": None}  # fmt: skip
+    return {
+        "has_progress": True,
+        "done": progress.done,
+        "total": progress.total,
+        "message": progress.message,
+        "counters": Jsonb(progress.counters),
+    }
+
+
+def _error_params(error: BaseException | None) -> dict[str, Any]:
+    if error is None:
+        return {"error_type": None, "error_message": None, "traceback": None}
+    if isinstance(error, asyncio.CancelledError | exceptions.JobAborted):
+        return {"error_type": "JobAborted", "error_message": "the job was aborted",
+                "traceback": None}  # fmt: skip
+    trace = "".join(traceback.format_exception(error))
+    return {
+        "error_type": type(error).__qualname__,
+        "error_message": str(error) or repr(error),
+        "traceback": trace[-TRACEBACK_LIMIT:],
+    }
+
+
+class TaskhubWorker(Worker):
+    """procrastinate's worker, persisting each job's outcome with its status."""
+
+    def __init__(self, **options: Any) -> None:
+        options["worker_middleware"] = [track_job, *(options.get("worker_middleware") or [])]
+        super().__init__(**options)
+
+    async def _persist_job_status(
+        self,
+        job: jobs.Job,
+        status: jobs.Status,
+        retry_decision: retry.RetryDecision | None,
+        context: JobContext,
+        job_result: JobResult | None,
+    ) -> None:
+        if self.delete_jobs != jobs.DeleteJobCondition.NEVER:
+            # Deleted jobs keep nothing; procrastinate's own path is all there is to do.
+            await super()._persist_job_status(job, status, retry_decision, context, job_result)
+            return
+        assert job.id is not None
+        runtime = _runtime(context)
+        progress = await runtime.reporter.close() if runtime.reporter else None
+        params: dict[str, Any] = {
+            "job_id": job.id,
+            "attempt": job.attempts + 1,
+            **_progress_params(progress),
+            **_error_params(runtime.error if status != jobs.Status.SUCCEEDED else None),
+        }
+        if retry_decision:
+            await self.app.connector.execute_query_async(
+                QUERIES["retry_job"],
+                **params,
+                retry_at=retry_decision.retry_at,
+                priority=retry_decision.priority,
+                queue=retry_decision.queue,
+                lock=retry_decision.lock,
+            )
+        else:
+            result = job_result.result if job_result else None
+            has_result = status == jobs.Status.SUCCEEDED and result is not None
+            await self.app.connector.execute_query_async(
+                QUERIES["finish_job"],
+                **params,
+                status=status.value,
+                has_result=has_result,
+                result=Jsonb(result) if has_result else None,
+            )
+        self._job_ids_to_abort.pop(job.id, None)
