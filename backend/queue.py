@@ -17,6 +17,7 @@ from procrastinate import exceptions as procrastinate_exceptions
 from procrastinate.jobs import Job
 from procrastinate.manager import JobManager
 from psycopg import AsyncConnection, Connection
+from psycopg.rows import dict_row
 from pydantic import (
     AwareDatetime,
     BaseModel,
@@ -28,9 +29,9 @@ from pydantic import (
 )
 
 from backend.errors import AlreadyQueued, UnknownTask
-from backend.registry import TaskDefinition, describe_validation_error
+from backend.registry import TaskBlueprint, TaskDefinition, describe_validation_error
 from backend.settings import Settings
-from backend.tasks import all_tasks
+from backend.tasks import BLUEPRINTS, all_tasks
 
 Args = Mapping[str, Any] | BaseModel
 
@@ -101,16 +102,19 @@ class DeferRequest(BaseModel):
             raise describe_validation_error(exc, ()) from None
 
 
-def build_task_app(url: str, settings: Settings) -> procrastinate.App:
+def build_task_app(
+    url: str, settings: Settings, blueprints: Iterable[TaskBlueprint] = BLUEPRINTS
+) -> procrastinate.App:
     """A procrastinate App with every declared task, on its own (unopened) pool."""
     connector = procrastinate.PsycopgConnector(
         conninfo=url,
         min_size=settings.pool_min_size,
         max_size=settings.pool_max_size,
+        kwargs={"row_factory": dict_row},  # tasks get dict rows from TaskContext.connection()
     )
     app = procrastinate.App(connector=connector)
-    for definition in all_tasks().values():
-        app.task(
+    for definition in (task for blueprint in blueprints for task in blueprint):
+        task = app.task(
             name=definition.name,
             queue=definition.queue,
             priority=definition.priority,
@@ -119,6 +123,8 @@ def build_task_app(url: str, settings: Settings) -> procrastinate.App:
             queueing_lock=definition.queueing_lock,
             pass_context=True,
         )(definition.procrastinate_function())
+        if definition.cron:
+            app.periodic(cron=definition.cron, periodic_id=definition.name)(task)
     return app
 
 

@@ -32,6 +32,14 @@ class NoArgs(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class PeriodicArgs(BaseModel):
+    """Arguments of a periodic task: procrastinate passes the tick's Unix timestamp."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    timestamp: int | None = None
+
+
 class ResultNotJSON(TypeError):
     """A task returned something that cannot be stored as JSON."""
 
@@ -76,6 +84,7 @@ class TaskDefinition(Generic[ArgsT]):
     retry: BaseRetryStrategy | None = None
     lock: str | None = None
     queueing_lock: str | None = None
+    cron: str | None = None
     description: str = ""
 
     @property
@@ -183,17 +192,21 @@ class TaskBlueprint:
         retry: RetryValue = False,
         lock: str | None = None,
         queueing_lock: str | None = None,
+        cron: str | None = None,
     ) -> Callable[[Callable[..., Any]], TaskDefinition[Any]]:
         """Declare a task. Its first parameter's annotation is the arguments model.
 
         ``retry`` takes what procrastinate takes: a number of attempts, True (forever),
-        or a retry strategy.
+        or a retry strategy. ``cron`` makes it periodic (one job per tick across all
+        workers; its model must accept ``timestamp``, see :class:`PeriodicArgs`).
         """
 
         def declare(func: Callable[..., Any]) -> TaskDefinition[Any]:
             if name in self.tasks:
                 raise ValueError(f"task {name!r} is declared twice")
             signature = _inspect_task(func)
+            if cron and "timestamp" not in signature.args_model.model_fields:
+                raise TypeError(f"periodic task {name!r}: its model needs a timestamp field")
             definition: TaskDefinition[Any] = TaskDefinition(
                 name=name,
                 func=func,
@@ -205,6 +218,7 @@ class TaskBlueprint:
                 retry=get_retry_strategy(retry),
                 lock=lock,
                 queueing_lock=queueing_lock,
+                cron=cron,
                 description=inspect.getdoc(func) or "",
             )
             self.tasks[name] = definition

@@ -16,6 +16,7 @@ import uvicorn
 from backend.api import create_app
 from backend.errors import SettingsError, TaskhubError
 from backend.queue import build_task_app
+from backend.runtime.context import SETTINGS_KEY
 from backend.runtime.worker import TaskhubWorker
 from backend.settings import Settings
 
@@ -66,6 +67,7 @@ async def run_worker(app: procrastinate.App, settings: Settings, options: Worker
         shutdown_graceful_timeout=settings.shutdown_grace_period,
         install_signal_handlers=False,
         listen_notify=True,
+        additional_context={SETTINGS_KEY: settings},
     )
     async with app.open_async():
         await worker.run()  # type: ignore[no-untyped-call]

@@ -12,14 +12,21 @@ A task asks for it with a second parameter annotated ``TaskContext``::
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import cast
 
-from procrastinate import JobContext
+from procrastinate import JobContext, PsycopgConnector
 from procrastinate.exceptions import JobAborted
+from psycopg_pool import AsyncConnectionPool
 
+from backend.db import DictConnection
 from backend.runtime.progress import Progress, ProgressReporter
+from backend.settings import Settings, load_settings
 
 RUNTIME_KEY = "taskhub.runtime"
+SETTINGS_KEY = "taskhub.settings"
 
 
 @dataclass
@@ -57,6 +64,24 @@ class TaskContext:
         report = Progress(done=done, total=total, message=message, counters=counters)
         if self._runtime.reporter is not None:
             self._runtime.reporter.report(report)
+
+    @property
+    def settings(self) -> Settings:
+        """The worker's settings."""
+        settings = self._job_context.additional_context.get(SETTINGS_KEY)
+        return settings if isinstance(settings, Settings) else load_settings()
+
+    @contextlib.asynccontextmanager
+    async def connection(self) -> AsyncIterator[DictConnection]:
+        """A connection from the worker's pool, in a transaction committed at the block's end.
+
+        The task is the boundary: helpers it calls take this connection and never commit.
+        """
+        connector = self._job_context.app.connector
+        assert isinstance(connector, PsycopgConnector)
+        pool = cast(AsyncConnectionPool[DictConnection], connector.pool)
+        async with pool.connection() as conn, conn.transaction():
+            yield conn
 
     def should_abort(self) -> bool:
         """True once an operator cancelled this running job (or the worker is shutting down)."""

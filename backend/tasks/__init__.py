@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from backend.registry import TaskBlueprint, TaskDefinition
-from backend.tasks import builtin
+from backend.tasks import builtin, maintenance
 
-BLUEPRINTS: tuple[TaskBlueprint, ...] = (builtin.blueprint,)
+BLUEPRINTS: tuple[TaskBlueprint, ...] = (builtin.blueprint, maintenance.blueprint)
 
 
 def all_tasks() -> dict[str, TaskDefinition]:  # type: ignore[type-arg]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 
 import httpx
 import psycopg
@@ -13,6 +13,8 @@ from fastapi import FastAPI
 
 from backend.api import create_app
 from backend.queue import build_task_app
+from backend.registry import TaskBlueprint
+from backend.tasks import BLUEPRINTS
 from backend.runner import WorkerOptions, run_worker
 from backend.settings import Settings
 from tests.conftest import OPERATE_TOKEN, bearer, eventually
@@ -42,10 +44,15 @@ async def client(settings: Settings, db_url: str) -> AsyncIterator[httpx.AsyncCl
 
 @contextlib.asynccontextmanager
 async def running_worker(
-    settings: Settings, db_url: str, *, queues: list[str] | None = None, concurrency: int = 4
+    settings: Settings,
+    db_url: str,
+    *,
+    queues: list[str] | None = None,
+    concurrency: int = 4,
+    blueprints: Iterable[TaskBlueprint] = BLUEPRINTS,
 ) -> AsyncIterator[None]:
-    """A real procrastinate worker, as `taskhub worker` runs it, on this test's database."""
-    app = build_task_app(db_url, settings)
+    """A real worker, as `taskhub worker` runs it, on this test's database."""
+    app = build_task_app(db_url, settings, blueprints)
     task = asyncio.create_task(
         run_worker(app, settings, WorkerOptions(queues=queues, concurrency=concurrency))
     )

@@ -1,0 +1,258 @@
+"""What a task reports and returns, and what it raises, stored with the job by real workers."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import uuid
+from typing import Any
+
+import httpx
+import pytest
+from pydantic import BaseModel
+
+from backend import jobs, queue
+from backend.db import DictConnection
+from backend.registry import TaskBlueprint
+from backend.runtime.context import TaskContext
+from backend.settings import Settings
+from backend.tasks import BLUEPRINTS
+from backend.waiting import wait_for_job
+from tests.conftest import eventually
+from tests.integration.conftest import running_worker
+
+blueprint = TaskBlueprint()
+ALL = (*BLUEPRINTS, blueprint)
+
+
+class Steps(BaseModel):
+    steps: int = 3
+    pause: float = 0.0
+
+
+class Counted(BaseModel):
+    processed: int
+
+
+@blueprint.task(name="tests.progress_async")
+async def progress_async(args: Steps, ctx: TaskContext) -> Counted:
+    for step in range(1, args.steps + 1):
+        ctx.progress(done=step, total=args.steps, message=f"step {step}", created=step)
+        await asyncio.sleep(args.pause)
+    return Counted(processed=args.steps)
+
+
+@blueprint.task(name="tests.progress_sync")
+def progress_sync(args: Steps, ctx: TaskContext) -> dict[str, int]:
+    for step in range(1, args.steps + 1):
+        ctx.progress(done=step, total=args.steps, updated=step)
+        if args.pause:
+            time.sleep(args.pause)
+    return {"processed": args.steps}
+
+
+ATTEMPTS: dict[int, int] = {}
+
+
+@blueprint.task(name="tests.flaky", retry=2)
+def flaky(ctx: TaskContext) -> str:
+    ATTEMPTS[ctx.job_id] = ctx.attempt
+    if ctx.attempt == 1:
+        raise ConnectionError("ERP answered 503")
+    return f"ok on attempt {ctx.attempt}"
+
+
+@blueprint.task(name="tests.broken", retry=1)
+async def broken() -> None:
+    raise ValueError("the ledger does not balance")
+
+
+@blueprint.task(name="tests.not_json")
+def not_json() -> object:
+    return threading.Lock()
+
+
+STARTED: set[str] = set()
+
+
+class Marker(BaseModel):
+    token: str = ""
+
+
+@blueprint.task(name="tests.long_async")
+async def long_async(args: Marker, ctx: TaskContext) -> None:
+    STARTED.add(args.token)
+    ctx.progress(message="waiting forever")
+    await asyncio.sleep(3600)
+
+
+@blueprint.task(name="tests.long_sync")
+def long_sync(args: Marker, ctx: TaskContext) -> None:
+    STARTED.add(args.token)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        ctx.raise_if_aborted()
+        time.sleep(0.02)
+
+
+async def defer(conn: DictConnection, name: str, args: dict[str, Any] | None = None) -> int:
+    async with conn.transaction():
+        return await queue.defer(conn, blueprint.tasks[name], args or {})
+
+
+async def finished(conn: DictConnection, job_id: int, within: float = 15) -> jobs.JobView:
+    async def done() -> bool:
+        return (await jobs.get_job(conn, job_id)).status in jobs.FINISHED
+
+    await eventually(done, within=within)
+    return await jobs.get_job(conn, job_id)
+
+
+async def test_async_task_progress_and_result(
+    conn: DictConnection, settings: Settings, db_url: str
+) -> None:
+    job_id = await defer(conn, "tests.progress_async", {"steps": 4, "pause": 0.3})
+    async with running_worker(settings, db_url, blueprints=ALL):
+
+        async def reporting() -> bool:
+            return (await jobs.get_job(conn, job_id)).state == jobs.JobState.PROGRESS
+
+        await eventually(reporting)
+        running = await jobs.get_job(conn, job_id)
+        assert running.progress is not None
+        assert running.progress.total == 4
+        assert running.progress.message is not None
+        job = await finished(conn, job_id)
+    assert job.state == jobs.JobState.SUCCESS
+    assert job.result == {"processed": 4}
+    assert job.progress is not None
+    assert (job.progress.done, job.progress.total, job.progress.message) == (4, 4, "step 4")
+    assert job.progress.counters == {"created": 4}
+    assert job.errors == []
+
+
+async def test_sync_task_progress_is_throttled(
+    conn: DictConnection, settings: Settings, db_url: str
+) -> None:
+    # Count every row written to taskhub.job_progress with a trigger on this test database.
+    await conn.execute(
+        """
+        CREATE TABLE progress_writes (job_id bigint);
+        CREATE FUNCTION count_progress_write() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN INSERT INTO progress_writes VALUES (NEW.job_id); RETURN NEW; END $$;
+        CREATE TRIGGER count_progress_write AFTER INSERT OR UPDATE ON taskhub.job_progress
+            FOR EACH ROW EXECUTE FUNCTION count_progress_write();
+        """
+    )
+    await conn.commit()
+    job_id = await defer(conn, "tests.progress_sync", {"steps": 20_000})
+    async with running_worker(settings, db_url, blueprints=ALL):
+        job = await finished(conn, job_id)
+    assert job.state == jobs.JobState.SUCCESS
+    assert job.result == {"processed": 20_000}
+    assert job.progress is not None
+    assert (job.progress.done, job.progress.counters) == (20_000, {"updated": 20_000})
+    cursor = await conn.execute("SELECT count(*) AS n FROM progress_writes")
+    row = await cursor.fetchone()
+    assert row is not None
+    assert 1 <= row["n"] <= 10, "20,000 reports must cost a handful of writes"
+
+
+async def test_each_failed_attempt_keeps_its_error(
+    conn: DictConnection, settings: Settings, db_url: str
+) -> None:
+    flaky_id = await defer(conn, "tests.flaky")
+    broken_id = await defer(conn, "tests.broken")
+    async with running_worker(settings, db_url, blueprints=ALL):
+        flaky_job = await finished(conn, flaky_id)
+        broken_job = await finished(conn, broken_id)
+
+    assert flaky_job.state == jobs.JobState.SUCCESS
+    assert flaky_job.result == "ok on attempt 2"
+    assert ATTEMPTS[flaky_id] == 2
+    [error] = flaky_job.errors
+    assert (error.attempt, error.type, error.message) == (1, "ConnectionError", "ERP answered 503")
+    assert error.traceback is not None
+    assert 'raise ConnectionError("ERP answered 503")' in error.traceback
+    assert "deferred_for_retry" in [event.type for event in flaky_job.events]
+
+    assert broken_job.state == jobs.JobState.FAILURE
+    assert [(e.attempt, e.type) for e in broken_job.errors] == [
+        (1, "ValueError"),
+        (2, "ValueError"),
+    ]
+    assert broken_job.last_error is not None
+    assert broken_job.last_error.message == "the ledger does not balance"
+    assert broken_job.result is None
+
+
+async def test_a_result_that_is_not_json_fails_the_job_clearly(
+    conn: DictConnection, settings: Settings, db_url: str
+) -> None:
+    job_id = await defer(conn, "tests.not_json")
+    async with running_worker(settings, db_url, blueprints=ALL):
+        job = await finished(conn, job_id)
+    assert job.state == jobs.JobState.FAILURE
+    assert job.last_error is not None
+    assert job.last_error.type == "ResultNotJSON"
+    assert "not JSON" in job.last_error.message
+
+
+@pytest.mark.parametrize("task", ["tests.long_async", "tests.long_sync"])
+async def test_cancel_aborts_a_running_job(
+    conn: DictConnection,
+    settings: Settings,
+    db_url: str,
+    client: httpx.AsyncClient,
+    task: str,
+) -> None:
+    token = uuid.uuid4().hex
+    job_id = await defer(conn, task, {"token": token})
+    async with running_worker(settings, db_url, blueprints=ALL):
+
+        async def started() -> bool:
+            return token in STARTED
+
+        await eventually(started)
+        response = await client.post(f"/jobs/{job_id}/cancel")
+        assert response.status_code == 200, response.text
+        assert response.json()["abort_requested"] is True
+        job = await finished(conn, job_id)
+    assert job.status == "aborted"
+    assert job.state == jobs.JobState.REVOKED
+    assert job.last_error is not None
+    assert job.last_error.type == "JobAborted"
+    cursor = await conn.execute(
+        "SELECT actor, action FROM taskhub.audit_log WHERE job_id = %s", (job_id,)
+    )
+    assert await cursor.fetchall() == [{"actor": "ops", "action": "abort"}]
+
+
+async def test_wait_for_job_is_woken_by_the_finish(
+    conn: DictConnection, settings: Settings, db_url: str, client: httpx.AsyncClient
+) -> None:
+    slow = await defer(conn, "tests.progress_async", {"steps": 1, "pause": 1.0})
+    helper_slow = await defer(conn, "tests.progress_async", {"steps": 1, "pause": 1.0})
+    async with running_worker(settings, db_url, blueprints=ALL):
+        began = time.monotonic()
+        response = await client.get(f"/jobs/{slow}", params={"wait": 30})
+        waited = time.monotonic() - began
+        assert response.json()["state"] == "SUCCESS"
+        # The job takes about a second; the fallback re-read would come only after five.
+        assert waited < 4, waited
+
+        began = time.monotonic()
+        job = await wait_for_job(db_url, helper_slow, timeout=30)
+        assert job.state == jobs.JobState.SUCCESS
+        assert time.monotonic() - began < 4
+
+
+async def test_wait_returns_the_unfinished_job_after_the_timeout(
+    conn: DictConnection, client: httpx.AsyncClient
+) -> None:
+    job_id = await defer(conn, "tests.long_async")  # no worker: it stays todo
+    began = time.monotonic()
+    response = await client.get(f"/jobs/{job_id}", params={"wait": 0.5})
+    assert 0.5 <= time.monotonic() - began < 3
+    assert response.json()["state"] == "PENDING"
