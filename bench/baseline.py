@@ -47,6 +47,8 @@ from psycopg import AsyncConnection, sql
 from backend import migrate, queue
 from backend.db import create_pool
 from backend.queue import build_task_app
+from backend.runtime.context import SETTINGS_KEY
+from backend.runtime.worker import TaskhubWorker
 from backend.settings import Settings, load_settings
 from backend.tasks.builtin import ping
 
@@ -180,6 +182,10 @@ class Column(Protocol):
         """Defer one job on ``conn``, inside the transaction the caller has open."""
         ...
 
+    async def work(self, options: WorkerOptions) -> None:
+        """Run the column's worker with ``options`` until it stops (or is cancelled)."""
+        ...
+
     async def defer_batch(self, start: int, count: int) -> None:
         """Defer ``count`` jobs in one transaction."""
         ...
@@ -192,6 +198,7 @@ class TaskhubColumn:
 
     def __init__(self, url: str, settings: Settings) -> None:
         self.url = url
+        self.settings = settings
         self.app = build_task_app(url, settings)
         # The pool the API defers through (backend.api.deps: one transaction per request).
         self.pool = create_pool(url, settings)
@@ -217,6 +224,13 @@ class TaskhubColumn:
         many = [{"message": i} for i in range(start, start + count)]
         async with self.pool.connection() as conn, conn.transaction():
             await queue.batch_defer(conn, ping, many)
+
+    async def work(self, options: WorkerOptions) -> None:
+        # taskhub's worker (backend/runtime/worker.py), as backend/runner.py runs it.
+        worker = TaskhubWorker(
+            app=self.app, additional_context={SETTINGS_KEY: self.settings}, **options
+        )
+        await worker.run()  # type: ignore[no-untyped-call]
 
 
 async def noop(message: Any = None, sleep: float = 0) -> Any:
@@ -254,6 +268,9 @@ class ProcrastinateColumn:
     async def defer_batch(self, start: int, count: int) -> None:
         many: list[JSONDict] = [{"message": i, "sleep": 0} for i in range(start, start + count)]
         await self.task.batch_defer_async(*many)
+
+    async def work(self, options: WorkerOptions) -> None:
+        await self.app.run_worker_async(**options)
 
 
 # --------------------------------------------------------------------------- worker
@@ -384,7 +401,7 @@ async def measure_work(
     cpu_started = time.process_time()
     started = time.perf_counter()
     # wait=False: the worker stops once a fetch finds nothing, after its running jobs end.
-    await column.app.run_worker_async(**worker_options(settings, wait=False))
+    await column.work(worker_options(settings, wait=False))
     elapsed = time.perf_counter() - started
     cpu = time.process_time() - cpu_started
     succeeded = await fetch_value(
@@ -404,9 +421,7 @@ async def measure_latency(
 ) -> list[float]:
     recorder = StartRecorder()
     worker = asyncio.create_task(
-        column.app.run_worker_async(
-            **worker_options(settings, wait=True, task_middleware=[recorder])
-        ),
+        column.work(worker_options(settings, wait=True, task_middleware=[recorder])),
         name=f"{column.name} latency worker",
     )
 
