@@ -1,0 +1,36 @@
+"""Pins what backend/runtime/worker.py relies on in procrastinate's (private) worker API.
+
+If a procrastinate release changes these, this fails first, with a clear reason, before
+any integration test shows lost results or errors.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+from procrastinate import JobContext
+from procrastinate.worker import Worker
+
+from backend.runtime.worker import TaskhubWorker
+
+
+def test_persist_job_status_signature_is_the_one_we_override() -> None:
+    ours = list(inspect.signature(TaskhubWorker._persist_job_status).parameters)
+    theirs = list(inspect.signature(Worker._persist_job_status).parameters)
+    assert ours == theirs == ["self", "job", "status", "retry_decision", "context", "job_result"]
+
+
+def test_the_job_is_finished_through_persist_job_status() -> None:
+    source = inspect.getsource(Worker._process_job)
+    assert "self._persist_job_status(" in source
+    assert "self.worker_middleware" in source, "track_job is a worker middleware"
+
+
+def test_worker_options_we_pass_exist() -> None:
+    parameters = inspect.signature(Worker.__init__).parameters
+    for name in ("worker_middleware", "additional_context", "install_signal_handlers"):
+        assert name in parameters
+
+
+def test_job_context_carries_a_per_job_dict() -> None:
+    assert "additional_context" in {field.name for field in JobContext.__attrs_attrs__}
