@@ -8,5 +8,7 @@ COPY migrations ./migrations
 RUN pip install -e .
 RUN useradd --create-home taskhub
 USER taskhub
+# Generated files (the admin token when TASKHUB_TOKENS is empty) go where the user can write.
+ENV TASKHUB_DATA_DIR=/home/taskhub/.taskhub
 ENTRYPOINT ["taskhub"]
 CMD ["up"]

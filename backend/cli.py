@@ -1,25 +1,44 @@
-"""The ``taskhub`` command: up, api, worker, migrate, defer."""
+"""The ``taskhub`` command: up, api, worker, migrate, defer, jobs."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime
+import getpass
 import json
 import logging
+import os
+import shutil
 import sys
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from typing import Any, TextIO
 
 import psycopg
 from procrastinate.exceptions import ConnectorException
 from psycopg.rows import dict_row
 
 from backend import jobs, migrate, queue
-from backend.db import check_database, database_url, describe_database
+from backend.auth import parse_tokens
+from backend.db import DictConnection, check_database, database_url, describe_database
 from backend.errors import TaskhubError
+from backend.runtime.progress import Progress
 from backend.settings import Settings, load_settings
+from backend.waiting import JobWatcher, wait_until_finished
 
 logger = logging.getLogger("taskhub")
+
+MAX_JOB_ID = 2**63 - 1
+MAX_LIMIT = 500  # jobs per page, as over REST
+BAR_WIDTH = 10
+FOLLOW_REFRESH = 0.5  # seconds between progress reads while following a job
+ERROR_WIDTH = 60  # characters of the last error a table row shows
+DEAD_LETTERS = """\
+Dead letters are the jobs that failed their last attempt (state FAILURE):
+  taskhub jobs list --state FAILURE     list them, newest first
+  taskhub jobs show ID                  read one's errors and last traceback
+  taskhub jobs retry ID                 run it again
+"""
 
 
 def _queues(value: str) -> list[str]:
@@ -49,6 +68,129 @@ def _json_object(value: str) -> dict[str, Any]:
     if not isinstance(parsed, dict):
         raise argparse.ArgumentTypeError('must be a JSON object, e.g. \'{"message": "hi"}\'')
     return parsed
+
+
+def _job_id(value: str) -> int:
+    """A job id as PostgreSQL's bigint takes it, so a typo fails here, not in a query."""
+    number = _positive(value)
+    if number > MAX_JOB_ID:
+        raise argparse.ArgumentTypeError(f"{value} is too large for a job id")
+    return number
+
+
+def _limit(value: str) -> int:
+    """The page size REST allows too."""
+    number = _positive(value)
+    if number > MAX_LIMIT:
+        raise argparse.ArgumentTypeError(f"at most {MAX_LIMIT} jobs per page")
+    return number
+
+
+def _status(value: str) -> jobs.JobStatus:
+    """procrastinate's status, in any case, so ``--status FAILED`` still works."""
+    try:
+        return jobs.JobStatus(value.strip().lower())
+    except ValueError:
+        choices = ", ".join(jobs.JobStatus)
+        raise argparse.ArgumentTypeError(f"{value!r} is not a status; use {choices}") from None
+
+
+def _state(value: str) -> jobs.JobState:
+    """A Celery state, in any case; a status given instead gets pointed to --status."""
+    try:
+        return jobs.JobState(value.strip().upper())
+    except ValueError:
+        choices = ", ".join(jobs.JobState)
+        hint = ""
+        if value.strip().lower() in jobs.JobStatus.__members__:
+            hint = f" ({value.strip().lower()} is a status: use --status for it)"
+        raise argparse.ArgumentTypeError(f"{value!r} is not a state; use {choices}{hint}") from None
+
+
+def _cursor(value: str) -> str:
+    """Check the cursor before connecting: a bad one is the user's input, exit 2."""
+    try:
+        jobs.decode_cursor(value)
+    except jobs.InvalidCursor as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
+    return value
+
+
+def _add_jobs_parser(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> None:
+    """``taskhub jobs list|show|retry|cancel``: what operators do without the REST API."""
+    jobs_cmd = commands.add_parser(
+        "jobs",
+        help="list, show, retry or cancel jobs",
+        description="Read and control jobs.\n"
+        "`taskhub jobs list --state FAILURE` lists the dead letters.",
+        epilog=DEAD_LETTERS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    actions = jobs_cmd.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    listing = actions.add_parser(
+        "list",
+        help="jobs newest first; --state FAILURE lists the dead letters",
+        description="Jobs newest first, one page at a time.\n"
+        "`taskhub jobs list --state FAILURE` lists the dead letters.",
+        epilog=DEAD_LETTERS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    listing.add_argument(
+        "--status",
+        dest="statuses",
+        action="append",
+        type=_status,
+        metavar="STATUS",
+        help=f"procrastinate status ({', '.join(jobs.JobStatus)}); repeatable",
+    )
+    listing.add_argument(
+        "--state",
+        dest="states",
+        action="append",
+        type=_state,
+        metavar="STATE",
+        help=f"Celery state ({', '.join(jobs.JobState)}); repeatable. "
+        "FAILURE lists the dead letters",
+    )
+    listing.add_argument("--task", help="only this task, e.g. taskhub.ping")
+    listing.add_argument("--queue", help="only this queue")
+    listing.add_argument(
+        "--limit", type=_limit, default=50, help=f"jobs per page (default 50, at most {MAX_LIMIT})"
+    )
+    listing.add_argument(
+        "--cursor", type=_cursor, help="the next cursor a previous page printed (older jobs)"
+    )
+    listing.add_argument("--json", action="store_true", help="print the page as JSON")
+
+    show = actions.add_parser(
+        "show",
+        help="a job's status, progress, result and errors",
+        description="A job's status, progress, result and errors, with the last traceback.",
+    )
+    show.add_argument("id", type=_job_id, help="job id")
+    show.add_argument("--json", action="store_true", help="print the job as JSON")
+    show.add_argument(
+        "--follow",
+        action="store_true",
+        help="show progress until the job finishes; exit 0 if it succeeded, 1 if not",
+    )
+
+    retry = actions.add_parser(
+        "retry",
+        help="run a failed, cancelled or aborted job again",
+        description="Run a failed, cancelled or aborted job again (audited).",
+    )
+    cancel = actions.add_parser(
+        "cancel",
+        help="cancel a waiting job, or abort a running one",
+        description="Cancel a waiting job, or ask a running one to abort (audited).",
+    )
+    for command in (retry, cancel):
+        command.add_argument("id", type=_job_id, help="job id")
+        command.add_argument("--json", action="store_true", help="print the job as JSON")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,6 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
     defer.add_argument("--schedule-in", type=float, metavar="SECONDS")
     defer.add_argument("--lock")
     defer.add_argument("--queueing-lock")
+
+    _add_jobs_parser(commands)
     return parser
 
 
@@ -116,6 +260,19 @@ def _where(settings: Settings, url: str) -> str:
     return f"embedded PostgreSQL in {settings.embedded_data_dir}, database taskhub"
 
 
+def _api_auth(settings: Settings) -> tuple[str, str]:
+    """The banner's token line and the curl header, so the printed commands work as copied."""
+    if parse_tokens(settings.tokens):
+        return "  tokens:   from TASKHUB_TOKENS", '-H "Authorization: Bearer $TASKHUB_TOKEN"'
+    # The API serves the same generated token (created here on first use).
+    secret = settings.api_tokens()[0].secret
+    where = settings.data_dir / "admin-token"
+    return (
+        f"  token:    {secret} (admin; kept in {where})",
+        f"-H 'Authorization: Bearer {secret}'",
+    )
+
+
 def _serve(settings: Settings, *, api: bool, worker: bool, migrate_first: bool) -> None:
     from backend.runner import WorkerOptions, bind_api_socket, run_services
 
@@ -131,20 +288,22 @@ def _serve(settings: Settings, *, api: bool, worker: bool, migrate_first: bool) 
             if worker
             else None
         )
+        token_line, auth = _api_auth(settings) if api else ("", "")
 
         def announce() -> None:
             lines = ["", "taskhub is up", f"  database: {_where(settings, url)}"]
             if api:
                 lines.append(f"  API:      {base}  (OpenAPI docs: {base}/docs)")
+                lines.append(token_line)
             if options:
                 queues = ",".join(options.queues) if options.queues else "all queues"
                 lines.append(f"  worker:   {queues}, concurrency {options.concurrency}")
             if api:
                 lines += [
                     "Defer a job and read it back:",
-                    f"  curl -s -X POST {base}/jobs -H 'content-type: application/json' "
+                    f"  curl -s -X POST {base}/jobs {auth} -H 'content-type: application/json' "
                     '-d \'{"task": "taskhub.ping", "args": {"message": "hello"}}\'',
-                    f"  curl -s {base}/jobs/1",
+                    f"  curl -s {auth} '{base}/jobs?task=taskhub.ping&limit=1'",
                 ]
             lines.append("Stop with Ctrl-C.")
             print("\n".join(lines), flush=True)
@@ -190,6 +349,273 @@ async def _read_job(url: str, job_id: int) -> jobs.JobView:
         return await jobs.get_job(conn, job_id)
 
 
+def _actor() -> str:
+    """Who the audit log names for a CLI action: the login user."""
+    try:
+        user = getpass.getuser()
+    except (OSError, KeyError):  # no login name, e.g. a container user without a passwd entry
+        user = f"uid-{os.getuid()}"
+    return f"cli:{user}"
+
+
+def _when(value: datetime.datetime | None) -> str:
+    """Local time to the second: what an operator compares with their clock."""
+    return value.astimezone().strftime("%Y-%m-%d %H:%M:%S") if value else "-"
+
+
+def _shorten(text: str, width: int) -> str:
+    """One line of at most ``width`` characters, so a table row stays a row."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else flat[: width - 3].rstrip() + "..."
+
+
+def _aborting(job: jobs.JobSummary) -> bool:
+    """procrastinate sets abort_requested on cancelled jobs too; it only matters while running."""
+    return job.abort_requested and job.status == jobs.JobStatus.doing
+
+
+def _attempts(count: int) -> str:
+    return f"{count} attempt" if count == 1 else f"{count} attempts"
+
+
+def progress_line(progress: Progress) -> str:
+    """``[#####.....] 1500/3000 50% Processing...``: what a task reported, on one line."""
+    parts: list[str] = []
+    if progress.total:
+        done = progress.done or 0
+        ratio = min(max(done / progress.total, 0.0), 1.0)
+        filled = int(ratio * BAR_WIDTH)
+        bar = "#" * filled + "." * (BAR_WIDTH - filled)
+        parts.append(f"[{bar}] {done}/{progress.total} {int(ratio * 100)}%")
+    elif progress.done is not None:
+        parts.append(str(progress.done) if progress.total is None else f"{progress.done}/0")
+    if progress.message:
+        parts.append(progress.message)
+    if progress.counters:
+        parts.append("(" + ", ".join(f"{k}={v}" for k, v in progress.counters.items()) + ")")
+    return " ".join(parts) or "progress reported"
+
+
+def live_line(job: jobs.JobSummary) -> str:
+    """Where a followed job is: its progress once it reports some, else its state."""
+    if job.progress is not None:
+        line = progress_line(job.progress)
+    elif job.status == jobs.JobStatus.todo:
+        line = f"{job.state.value}: waiting for a worker"
+        if job.scheduled_at is not None and job.scheduled_at > datetime.datetime.now(datetime.UTC):
+            line += f" (scheduled for {_when(job.scheduled_at)})"
+    else:
+        line = f"{job.state.value}: running, no progress reported"
+    return line + (" (abort requested)" if _aborting(job) else "")
+
+
+def final_line(job: jobs.JobSummary) -> str:
+    """How a job ended, in one line."""
+    line = f"job {job.id} {job.status.value} ({job.state.value})"
+    if job.attempts:
+        line += f" after {_attempts(job.attempts)}"
+    if job.status == jobs.JobStatus.succeeded:
+        return f"{line}; result: {_shorten(json.dumps(job.result), 200)}"
+    if job.status == jobs.JobStatus.failed and job.last_error is not None:
+        return f"{line}: {job.last_error.type}: {_shorten(job.last_error.message, 200)}"
+    return line
+
+
+def jobs_table(page: jobs.JobPage) -> str:
+    """A page of jobs as a table, with the cursor of the next page."""
+    if not page.items:
+        return "no jobs"
+    header = ("ID", "TASK", "QUEUE", "STATE", "ATTEMPTS", "CREATED", "FINISHED", "LAST ERROR")
+    rows = [
+        (
+            str(job.id),
+            job.task,
+            job.queue,
+            job.state.value,
+            str(job.attempts),
+            _when(job.created_at),
+            _when(job.finished_at),
+            _shorten(f"{job.last_error.type}: {job.last_error.message}", ERROR_WIDTH)
+            if job.last_error
+            else "",
+        )
+        for job in page.items
+    ]
+    widths = [max(len(row[column]) for row in (header, *rows)) for column in range(len(header))]
+    numeric = {0, 4}
+    lines = [
+        "  ".join(
+            cell.rjust(width) if column in numeric else cell.ljust(width)
+            for column, (cell, width) in enumerate(zip(row, widths, strict=True))
+        ).rstrip()
+        for row in (header, *rows)
+    ]
+    if page.next_cursor:
+        lines.append(f"next cursor: {page.next_cursor}  (add --cursor {page.next_cursor})")
+    return "\n".join(lines)
+
+
+def describe_job(job: jobs.JobView, *, full: bool = True) -> str:
+    """A job's details, one per line; with its errors and last traceback for a full view."""
+    fields: list[tuple[str, str]] = [
+        ("status", f"{job.status.value} ({job.state.value})"),
+        ("attempts", str(job.attempts)),
+        ("args", _shorten(json.dumps(job.args), 500)),
+    ]
+    for label, value in (("lock", job.lock), ("queueing lock", job.queueing_lock)):
+        if value is not None:
+            fields.append((label, value))
+    fields += [("created", _when(job.created_at))]
+    if job.scheduled_at is not None:
+        fields.append(("scheduled", _when(job.scheduled_at)))
+    fields += [("started", _when(job.started_at)), ("finished", _when(job.finished_at))]
+    if job.worker_id is not None:
+        fields.append(("worker", str(job.worker_id)))
+    if _aborting(job):
+        fields.append(("abort", "requested; the task stops at its next check"))
+    if job.progress is not None:
+        fields.append(("progress", progress_line(job.progress)))
+    if job.result is not None:
+        fields.append(("result", _shorten(json.dumps(job.result), 1000)))
+    lines = [f"job {job.id}: {job.task} on queue {job.queue} (priority {job.priority})"]
+    lines += [f"  {label + ':':<15}{value}" for label, value in fields]
+    if full and job.errors:
+        lines.append(f"  {'errors:':<15}{len(job.errors)}")
+        lines += [
+            f"    attempt {error.attempt} at {_when(error.at)}: "
+            f"{error.type}: {_shorten(error.message, 200)}"
+            for error in job.errors
+        ]
+        last = job.errors[-1]
+        if last.traceback:
+            lines.append("  last traceback:")
+            lines += [f"    {line}" for line in last.traceback.rstrip().splitlines()]
+    elif job.last_error is not None:
+        lines.append(
+            f"  {'last error:':<15}{job.last_error.type}: {_shorten(job.last_error.message, 200)}"
+        )
+    return "\n".join(lines)
+
+
+class LiveLine:
+    """One status line: redrawn in place on a terminal, one line per change otherwise."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self._tty = stream.isatty()
+        self._last: str | None = None
+        self._drawn = 0
+
+    def show(self, text: str) -> None:
+        if text == self._last:
+            return
+        self._last = text
+        if self._tty:
+            # A wrapped line cannot be redrawn with \r: keep it within the terminal.
+            text = _shorten(text, max(shutil.get_terminal_size().columns - 1, 10))
+            self._stream.write("\r" + text + " " * max(self._drawn - len(text), 0))
+            self._drawn = len(text)
+        else:
+            self._stream.write(text + "\n")
+        self._stream.flush()
+
+    def close(self) -> None:
+        if self._tty and self._last is not None:
+            self._stream.write("\n")
+            self._stream.flush()
+        self._last = None
+
+
+async def _connect(url: str, *, autocommit: bool = False) -> DictConnection:
+    """A connection of the shape backend.jobs expects (dict rows)."""
+    return await psycopg.AsyncConnection.connect(url, autocommit=autocommit, row_factory=dict_row)
+
+
+async def _jobs_list(url: str, args: argparse.Namespace) -> int:
+    filters = jobs.JobFilters(
+        statuses=args.statuses, states=args.states, task=args.task, queue=args.queue
+    )
+    async with await _connect(url) as conn:
+        page = await jobs.list_jobs(conn, filters, limit=args.limit, cursor=args.cursor)
+    print(page.model_dump_json(indent=2) if args.json else jobs_table(page))
+    return 0
+
+
+async def follow_job(url: str, job_id: int, live: LiveLine) -> jobs.JobView:
+    """Show a job's progress until it finishes: woken by NOTIFY, progress read in between."""
+    watcher = JobWatcher(url)
+    await watcher.start()
+    try:
+        async with await _connect(url, autocommit=True) as conn:
+
+            async def read() -> jobs.JobView:
+                return await jobs.get_job(conn, job_id)
+
+            job = await read()
+            while job.status not in jobs.FINISHED:
+                live.show(live_line(job))
+                job = await wait_until_finished(watcher, job_id, FOLLOW_REFRESH, read)
+    finally:
+        await watcher.stop()
+        live.close()
+    return job
+
+
+async def _jobs_show(url: str, args: argparse.Namespace) -> int:
+    if args.follow:
+        # With --json, stdout carries only the final JSON; the live line goes to stderr.
+        job = await follow_job(url, args.id, LiveLine(sys.stderr if args.json else sys.stdout))
+        print(job.model_dump_json(indent=2) if args.json else final_line(job), flush=True)
+        return 0 if job.status == jobs.JobStatus.succeeded else 1
+    async with await _connect(url) as conn:
+        job = await jobs.get_job(conn, args.id)
+    print(job.model_dump_json(indent=2) if args.json else describe_job(job))
+    return 0
+
+
+JobAction = Callable[[DictConnection, int, str], Awaitable[jobs.JobView]]
+
+
+async def _control(url: str, args: argparse.Namespace, action: JobAction, done: str) -> int:
+    """Retry or cancel in one transaction, so the action and its audit row commit together."""
+    async with await _connect(url) as conn, conn.transaction():
+        job = await action(conn, args.id, _actor())
+    if args.json:
+        print(job.model_dump_json(indent=2))
+        return 0
+    if job.status == jobs.JobStatus.doing:
+        done = "asked to abort: its task stops at its next check"
+    print(f"job {job.id} {done}")
+    print(describe_job(job, full=False))
+    return 0
+
+
+async def _jobs_retry(url: str, args: argparse.Namespace) -> int:
+    return await _control(url, args, jobs.retry_job, "will run again")
+
+
+async def _jobs_cancel(url: str, args: argparse.Namespace) -> int:
+    return await _control(url, args, jobs.cancel_job, "cancelled")
+
+
+JOB_ACTIONS: dict[str, Callable[[str, argparse.Namespace], Coroutine[Any, Any, int]]] = {
+    "list": _jobs_list,
+    "show": _jobs_show,
+    "retry": _jobs_retry,
+    "cancel": _jobs_cancel,
+}
+
+
+def _jobs(settings: Settings, args: argparse.Namespace) -> int:
+    """Run a ``jobs`` action on DATABASE_URL or the embedded server, like ``defer``."""
+    with database_url(settings) as url:
+        check_database(url)  # "run `taskhub migrate`" rather than a missing-relation traceback
+        try:
+            return asyncio.run(JOB_ACTIONS[args.action](url, args))
+        except KeyboardInterrupt:  # Ctrl-C while following: stop quietly
+            return 130
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -206,6 +632,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             _migrate(settings, args.downgrade)
         elif args.command == "defer":
             _defer(settings, args)
+        elif args.command == "jobs":
+            return _jobs(settings, args)
     except TaskhubError as exc:
         print(f"taskhub: error: {exc.message}", file=sys.stderr)
         return exc.exit_code

@@ -57,6 +57,7 @@ class JobNotFound(TaskhubError):
     """No job has that id (it never existed, or it was pruned)."""
 
     status_code = 404
+    exit_code = 2
 
 
 class AlreadyQueued(TaskhubError):

@@ -50,6 +50,7 @@ class JobConflict(TaskhubError):
     """The job is not in a state that allows the action."""
 
     status_code = 409
+    exit_code = 2
 
 
 class JobEvent(BaseModel):

@@ -69,14 +69,15 @@ SELECT job.id,
            WHEN job.status = 'todo' AND job.attempts = 0 THEN 'PENDING'
            WHEN job.status = 'todo' THEN 'RETRY'
            WHEN job.status = 'doing' AND progress.job_id IS NOT NULL THEN 'PROGRESS'
-           WHEN job.status IN ('doing', 'aborting') THEN 'STARTED'
+           WHEN job.status = 'doing' THEN 'STARTED'
            WHEN job.status = 'succeeded' THEN 'SUCCESS'
            WHEN job.status = 'failed' THEN 'FAILURE'
            ELSE 'REVOKED'
        END AS state,
        job.scheduled_at,
        job.attempts,
-       job.abort_requested,
+       -- procrastinate also flags the waiting jobs it cancels; only a running job can abort.
+       (job.abort_requested AND job.status = 'doing') AS abort_requested,
        job.worker_id,
        times.created_at,
        times.started_at,

@@ -112,11 +112,17 @@ def postmasters_in(data_dir: Path) -> list[psutil.Process]:
 
 
 def wait_for_job(
-    base_url: str, job_id: int, status: str = "succeeded", timeout: float = 30
+    base_url: str,
+    job_id: int,
+    status: str = "succeeded",
+    timeout: float = 30,
+    headers: dict[str, str] | None = None,
 ) -> dict[str, object]:
     deadline = time.monotonic() + timeout
     while True:
-        job: dict[str, object] = httpx.get(f"{base_url}/jobs/{job_id}").json()
+        response = httpx.get(f"{base_url}/jobs/{job_id}", headers=headers)
+        assert response.status_code == 200, response.text
+        job: dict[str, object] = response.json()
         if job["status"] == status:
             return job
         if time.monotonic() > deadline:

@@ -11,6 +11,7 @@ import httpx
 import psycopg
 import pytest
 
+from tests.conftest import OPERATE_TOKEN, bearer
 from tests.e2e.conftest import TASKHUB, TaskhubProcess, clean_env, free_port, wait_for_job
 
 pytestmark = pytest.mark.e2e
@@ -32,7 +33,8 @@ def jobs_in(url: str) -> int:
 def test_migrate_then_api_and_two_workers(
     spawn: type[TaskhubProcess], tmp_path: Path, empty_db_url: str
 ) -> None:
-    env = clean_env(DATABASE_URL=empty_db_url)
+    env = clean_env(DATABASE_URL=empty_db_url, TASKHUB_TOKENS=f"ops=operate:{OPERATE_TOKEN}")
+    headers = bearer(OPERATE_TOKEN)
     migrated = run_cli(["migrate"], tmp_path, env)
     assert migrated.returncode == 0, migrated.stderr
     assert "migrated" in migrated.stdout
@@ -45,6 +47,11 @@ def test_migrate_then_api_and_two_workers(
         for _ in range(2)
     ]
     api.wait_for_line("Stop with Ctrl-C.")
+    # Configured tokens are never printed: the banner's curl lines use a placeholder.
+    assert "  tokens:   from TASKHUB_TOKENS" in api.lines
+    assert OPERATE_TOKEN not in api.output
+    assert '-H "Authorization: Bearer $TASKHUB_TOKEN"' in api.output
+    assert not (tmp_path / ".taskhub").exists(), "configured tokens: none generated"
     for worker in workers:
         worker.wait_for_line("worker:   default,emails, concurrency 2")
 
@@ -52,11 +59,12 @@ def test_migrate_then_api_and_two_workers(
         httpx.post(
             f"{base}/jobs",
             json={"task": "taskhub.ping", "args": {"message": n}, "queue": "emails"},
+            headers=headers,
         ).json()["id"]
         for n in range(20)
     ]
     for job_id in ids:
-        assert wait_for_job(base, job_id)["state"] == "SUCCESS"
+        assert wait_for_job(base, job_id, headers=headers)["state"] == "SUCCESS"
 
     assert api.stop(signal.SIGTERM) == 0, api.output
     for worker in workers:
@@ -132,5 +140,5 @@ def test_python_dash_m_backend_is_the_taskhub_command(tmp_path: Path) -> None:
         [sys.executable, "-m", "backend", "--help"], capture_output=True, text=True, timeout=60
     )
     assert help_text.returncode == 0
-    for command in ("up", "api", "worker", "migrate", "defer"):
+    for command in ("up", "api", "worker", "migrate", "defer", "jobs"):
         assert command in help_text.stdout

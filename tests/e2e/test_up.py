@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import signal
 import subprocess
 from pathlib import Path
@@ -29,12 +30,46 @@ def start_up(spawn: type[TaskhubProcess], cwd: Path, port: int) -> TaskhubProces
     return process
 
 
-def defer_ping(base_url: str, message: str) -> int:
+def auth(cwd: Path) -> dict[str, str]:
+    """The generated admin token `taskhub up` keeps in .taskhub/ when TASKHUB_TOKENS is unset."""
+    token = (cwd / ".taskhub" / "admin-token").read_text().strip()
+    return {"Authorization": f"Bearer {token}"}
+
+
+def defer_ping(base_url: str, message: str, headers: dict[str, str]) -> int:
     response = httpx.post(
-        f"{base_url}/jobs", json={"task": "taskhub.ping", "args": {"message": message}}
+        f"{base_url}/jobs",
+        json={"task": "taskhub.ping", "args": {"message": message}},
+        headers=headers,
     )
     assert response.status_code == 201, response.text
     return int(response.json()["id"])
+
+
+def banner_token(process: TaskhubProcess) -> str:
+    """The token the start banner prints: `  token:    <token> (admin; kept in ...)`."""
+    lines = [line for line in process.lines if line.startswith("  token:    ")]
+    assert len(lines) == 1, process.output
+    token, _, where = lines[0].removeprefix("  token:    ").partition(" ")
+    assert where == "(admin; kept in .taskhub/admin-token)"
+    return token
+
+
+def curl_request(process: TaskhubProcess, prefix: str) -> tuple[str, str, dict[str, str], str]:
+    """The banner's curl line starting with ``prefix``, parsed as a shell would."""
+    [line] = [line for line in process.lines if line.startswith(f"  curl -s {prefix}")]
+    words = shlex.split(line)
+    method, headers, body = "GET", {}, ""
+    for option, value in zip(words, [*words[1:], ""], strict=True):
+        if option == "-X":
+            method = value
+        elif option == "-H":
+            name, _, header = value.partition(": ")
+            headers[name] = header
+        elif option == "-d":
+            body = value
+    url = next(word for word in words if word.startswith("http://"))
+    return method, url, headers, body
 
 
 @pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
@@ -50,8 +85,25 @@ def test_up_runs_a_job_and_stops_cleanly(
     pgdata = tmp_path / ".taskhub" / "pgdata"
     assert postmasters_in(pgdata), "the embedded server should be running"
 
+    # No TASKHUB_TOKENS: the banner prints the generated admin token, kept in .taskhub/.
+    token = banner_token(up)
+    headers = {"Authorization": f"Bearer {token}"}
+    assert auth(tmp_path) == headers
+    assert httpx.get(f"{base}/jobs", headers=headers).status_code == 200
+    wrong = {"Authorization": f"Bearer {'x' * len(token)}"}
+    assert httpx.get(f"{base}/jobs", headers=wrong).status_code == 401
+    assert httpx.get(f"{base}/jobs").status_code == 401
     assert httpx.get(f"{base}/health").json() == {"status": "ok", "database": "ok"}
-    job = wait_for_job(base, defer_ping(base, "hello"))
+
+    # The banner's curl commands work as copied.
+    method, url, curl_headers, body = curl_request(up, "-X POST")
+    created = httpx.request(method, url, headers=curl_headers, content=body)
+    assert created.status_code == 201, created.text
+    method, url, curl_headers, _ = curl_request(up, "-H")
+    read = httpx.request(method, url, headers=curl_headers)
+    assert (read.status_code, read.json()["id"]) == (200, 1), read.text
+
+    job = wait_for_job(base, defer_ping(base, "hello", headers), headers=headers)
     assert job["state"] == "SUCCESS"
 
     # Another command in the same directory joins the running server and leaves it running.
@@ -64,7 +116,18 @@ def test_up_runs_a_job_and_stops_cleanly(
         timeout=60,
     )
     assert defer.returncode == 0, defer.stderr
-    wait_for_job(base, int(json.loads(defer.stdout)["id"]))
+    deferred = int(json.loads(defer.stdout)["id"])
+    wait_for_job(base, deferred, headers=headers)
+    shown = subprocess.run(
+        [TASKHUB, "jobs", "show", str(deferred), "--json"],
+        cwd=tmp_path,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["result"] == "from the CLI"
     assert postmasters_in(pgdata), "the CLI must not stop the server `up` is using"
 
     assert up.stop(stop_signal) == 0, up.output
@@ -76,15 +139,18 @@ def test_up_recovers_after_kill_9(spawn: type[TaskhubProcess], tmp_path: Path) -
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     first = start_up(spawn, tmp_path, port)
-    job_id = defer_ping(base, "before the crash")
-    wait_for_job(base, job_id)
+    headers = auth(tmp_path)
+    job_id = defer_ping(base, "before the crash", headers)
+    wait_for_job(base, job_id, headers=headers)
     first.kill()
     pgdata = tmp_path / ".taskhub" / "pgdata"
     assert postmasters_in(pgdata), "a killed taskhub leaves its server running"
 
     second = start_up(spawn, tmp_path, port)
-    assert wait_for_job(base, job_id)["args"] == {"message": "before the crash", "sleep": 0.0}
-    wait_for_job(base, defer_ping(base, "after the crash"))
+    assert banner_token(second) == headers["Authorization"].removeprefix("Bearer ")
+    job = wait_for_job(base, job_id, headers=headers)
+    assert job["args"] == {"message": "before the crash", "sleep": 0.0}
+    wait_for_job(base, defer_ping(base, "after the crash", headers), headers=headers)
     assert second.stop() == 0, second.output
     assert postmasters_in(pgdata) == [], "the server left over must be stopped this time"
 
@@ -102,7 +168,8 @@ def test_up_recovers_from_a_stale_pid_file(spawn: type[TaskhubProcess], tmp_path
     try:
         pid_file.write_text("\n".join([str(bystander.pid), *lines[1:]]) + "\n")
         second = start_up(spawn, tmp_path, port)
-        wait_for_job(base, defer_ping(base, "after the power cut"))
+        headers = auth(tmp_path)
+        wait_for_job(base, defer_ping(base, "after the power cut", headers), headers=headers)
         assert second.stop() == 0, second.output
         assert psutil.pid_exists(bystander.pid), "the unrelated process must be left alone"
     finally:

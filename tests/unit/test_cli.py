@@ -10,6 +10,8 @@ from typing import Any
 import pytest
 
 from backend import cli
+from backend.jobs import JobState, JobStatus
+from backend.tasks import all_tasks
 
 
 def refuse_database(*args: Any, **kwargs: Any) -> Iterator[str]:
@@ -63,6 +65,37 @@ def assert_nothing_started(workdir: Path) -> None:
         (["defer"], "taskhub defer: error: the following arguments are required: task"),
         ([], "taskhub: error: the following arguments are required: COMMAND"),
         (["launch"], "taskhub: error: argument COMMAND: invalid choice: 'launch'"),
+        (["jobs"], "taskhub jobs: error: the following arguments are required: ACTION"),
+        (["jobs", "drop"], "taskhub jobs: error: argument ACTION: invalid choice: 'drop'"),
+        (
+            ["jobs", "list", "--state", "DEAD"],
+            "taskhub jobs list: error: argument --state: 'DEAD' is not a state; use PENDING, "
+            "STARTED, PROGRESS, RETRY, SUCCESS, FAILURE, REVOKED\n",
+        ),
+        (
+            ["jobs", "list", "--state", "failed"],
+            "argument --state: 'failed' is not a state; use PENDING, STARTED, PROGRESS, RETRY, "
+            "SUCCESS, FAILURE, REVOKED (failed is a status: use --status for it)",
+        ),
+        (
+            ["jobs", "list", "--status", "done"],
+            "taskhub jobs list: error: argument --status: 'done' is not a status; use todo, doing, "
+            "succeeded, failed, cancelled, aborted",
+        ),
+        (["jobs", "list", "--limit", "0"], "argument --limit: must be at least 1"),
+        (["jobs", "list", "--limit", "501"], "argument --limit: at most 500 jobs per page"),
+        (
+            ["jobs", "list", "--cursor", "bm9wZQ"],
+            "argument --cursor: invalid cursor: use the next_cursor of a previous page",
+        ),
+        (["jobs", "show"], "taskhub jobs show: error: the following arguments are required: id"),
+        (["jobs", "show", "abc"], "taskhub jobs show: error: argument id: 'abc' is not a whole"),
+        (["jobs", "retry", "0"], "taskhub jobs retry: error: argument id: must be at least 1"),
+        (
+            ["jobs", "cancel", str(2**63)],
+            f"taskhub jobs cancel: error: argument id: {2**63} is too large for a job id",
+        ),
+        (["jobs", "cancel", "1", "--follow"], "unrecognized arguments: --follow"),
     ],
 )
 def test_argument_errors_exit_2(
@@ -84,7 +117,9 @@ def test_defer_of_an_unknown_task(workdir: Path, capsys: pytest.CaptureFixture[s
 
     out, err = capsys.readouterr()
     assert out == ""
-    assert err == "taskhub: error: unknown task 'nope'; registered tasks: taskhub.ping\n"
+    known = ", ".join(sorted(all_tasks()))
+    assert err == f"taskhub: error: unknown task 'nope'; registered tasks: {known}\n"
+    assert "taskhub.ping" in known
     assert_nothing_started(workdir)
 
 
@@ -109,15 +144,17 @@ def test_defer_with_an_unexpected_argument(
     assert_nothing_started(workdir)
 
 
-@pytest.mark.parametrize("command", ["up", "api", "worker", "migrate", "defer"])
+@pytest.mark.parametrize(
+    "argv",
+    [["up"], ["api"], ["worker"], ["migrate"], ["defer", "taskhub.ping"], ["jobs", "list"]],
+)
 def test_an_invalid_setting_fails_every_command(
     workdir: Path,
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
-    command: str,
+    argv: list[str],
 ) -> None:
     monkeypatch.setenv("TASKHUB_API_PORT", "abc")
-    argv = [command, "taskhub.ping"] if command == "defer" else [command]
 
     assert cli.main(argv) == 2
 
@@ -151,6 +188,26 @@ def test_an_invalid_port_option_names_the_setting(
         ),
         (["defer", "taskhub.ping"], {"args": {}, "priority": None, "queue": None}),
         (["migrate", "--downgrade", "base"], {"downgrade": "base"}),
+        (
+            ["jobs", "list"],
+            {"statuses": None, "states": None, "limit": 50, "cursor": None, "json": False},
+        ),
+        (
+            ["jobs", "list", "--state", "failure", "--state", " Revoked", "--status", "FAILED"],
+            {
+                "action": "list",
+                "states": [JobState.FAILURE, JobState.REVOKED],
+                "statuses": [JobStatus.failed],
+            },
+        ),
+        (
+            ["jobs", "list", "--task", "t", "--queue", "q", "--limit", "500", "--cursor", "aWQ6Mw"],
+            {"task": "t", "queue": "q", "limit": 500, "cursor": "aWQ6Mw"},
+        ),
+        (["jobs", "show", "7"], {"action": "show", "id": 7, "json": False, "follow": False}),
+        (["jobs", "show", "7", "--follow", "--json"], {"id": 7, "json": True, "follow": True}),
+        (["jobs", "retry", "8"], {"action": "retry", "id": 8}),
+        (["jobs", "cancel", str(2**63 - 1)], {"action": "cancel", "id": 2**63 - 1}),
     ],
 )
 def test_the_parser_converts_arguments(argv: list[str], expected: dict[str, object]) -> None:
