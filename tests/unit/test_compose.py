@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +26,19 @@ def services() -> dict[str, dict[str, Any]]:
     return found
 
 
+def interpolate(value: str) -> str:
+    """compose's ``${VAR:-default}`` with nothing set in the shell: the default."""
+    return re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", value)
+
+
 def environment(service: dict[str, Any]) -> dict[str, str]:
     """A service's environment, in either of compose's forms (mapping or KEY=VALUE list)."""
     raw = service.get("environment", {})
     if isinstance(raw, list):
-        return dict(str(item).split("=", 1) for item in raw)
-    return {str(key): str(value) for key, value in raw.items()}
+        pairs = dict(str(item).split("=", 1) for item in raw)
+    else:
+        pairs = {str(key): str(value) for key, value in raw.items()}
+    return {key: interpolate(value) for key, value in pairs.items()}
 
 
 def test_the_services(services: dict[str, dict[str, Any]]) -> None:
