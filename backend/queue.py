@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import functools
+import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -37,18 +38,48 @@ Args = Mapping[str, Any] | BaseModel
 
 # procrastinate NOTIFYs on "procrastinate_queue_v1#<queue>", and channel names stop at 63 bytes.
 QUEUE_PATTERN = r"^[A-Za-z0-9_.:\-]{1,40}$"
-LOCK_PATTERN = r"^[^\x00]{1,255}$"
+# Locks are labels. procrastinate reads a taken queueing lock back out of PostgreSQL's error
+# message with a pattern that stops at a line break, so control characters are refused.
+LOCK_PATTERN = r"^[^\x00-\x1f\x7f]{1,255}$"
 PRIORITY = Field(default=None, ge=-(2**31), le=2**31 - 1, description="Higher runs first.")
+#: How deep ``args`` may nest: far more than any job needs, far less than a recursion limit.
+MAX_ARGS_DEPTH = 64
+#: ``schedule_at`` bounds: a day inside what Python and psycopg represent, whatever the zone.
+SCHEDULE_AT_MIN = datetime.datetime(1, 1, 2, tzinfo=datetime.UTC)
+SCHEDULE_AT_MAX = datetime.datetime(9999, 12, 30, tzinfo=datetime.UTC)
 
 
-def _has_nul(value: Any) -> bool:
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(_has_nul(key) or _has_nul(item) for key, item in value.items())
-    if isinstance(value, list):
-        return any(_has_nul(item) for item in value)
-    return False
+def args_problem(args: dict[Any, Any]) -> str | None:
+    """What makes ``args`` unfit for a JSON column, if anything; iterative, so depth is safe."""
+    stack: list[tuple[Any, int]] = [(args, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, str):
+            if "\x00" in value:
+                return "strings in args cannot contain NUL (\\u0000) characters"
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return "strings in args must be valid Unicode (no lone surrogates such as \\ud800)"
+        elif isinstance(value, float) and not math.isfinite(value):
+            return "args cannot contain NaN or Infinity: JSON has no such numbers"
+        elif isinstance(value, dict | list):
+            if depth > MAX_ARGS_DEPTH:
+                return f"args cannot nest deeper than {MAX_ARGS_DEPTH} levels"
+            items = [*value.keys(), *value.values()] if isinstance(value, dict) else value
+            stack.extend((item, depth + 1) for item in items)
+    return None
+
+
+def in_utc(value: datetime.datetime | None) -> datetime.datetime | None:
+    """An aware time in UTC (naive ones as they are): PostgreSQL refuses UTC offsets beyond
+    ±15:59, which Python and ISO 8601 allow up to ±23:59."""
+    if value is None or value.utcoffset() is None:
+        return value
+    try:
+        return value.astimezone(datetime.UTC)
+    except OverflowError:
+        raise ValueError("is out of range once converted to UTC") from None
 
 
 class DeferRequest(BaseModel):
@@ -76,12 +107,23 @@ class DeferRequest(BaseModel):
         default=None, pattern=LOCK_PATTERN, description="Jobs sharing a lock run one at a time."
     )
 
-    @field_validator("args")
+    @field_validator("args", mode="before")
     @classmethod
-    def _no_nul(cls, value: dict[str, Any]) -> dict[str, Any]:
-        if _has_nul(value):
-            raise ValueError("strings in args cannot contain NUL (\\u0000) characters")
+    def _json_args(cls, value: Any) -> Any:
+        if isinstance(value, dict) and (problem := args_problem(value)):
+            raise ValueError(problem)
         return value
+
+    @field_validator("schedule_at")
+    @classmethod
+    def _schedule_at_in_utc(cls, value: datetime.datetime | None) -> datetime.datetime | None:
+        if value is None:
+            return None
+        if not SCHEDULE_AT_MIN <= value <= SCHEDULE_AT_MAX:
+            raise ValueError(
+                f"must be between {SCHEDULE_AT_MIN:%Y-%m-%d} and {SCHEDULE_AT_MAX:%Y-%m-%d} (UTC)"
+            )
+        return in_utc(value)
 
     @model_validator(mode="after")
     def _one_schedule(self) -> DeferRequest:

@@ -4,15 +4,35 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI
 
+from backend.api.errors import install_error_handlers
+from backend.api.middleware import BodySizeLimit
+from backend.api.openapi import TaskhubAPI
 from backend.api.routers import health, jobs, tasks
+from backend.api.schemas import MAX_BODY_BYTES
 from backend.db import create_pool
-from backend.errors import InvalidJobArguments, SettingsError, TaskhubError
+from backend.errors import SettingsError
 from backend.settings import Settings, load_settings
 from backend.waiting import JobWatcher
+
+DESCRIPTION = """\
+Enqueue jobs, follow them and control them. Jobs are rows in your PostgreSQL (procrastinate's
+`procrastinate_jobs`); workers pick them up through LISTEN/NOTIFY.
+
+Every endpoint but `/health` needs `Authorization: Bearer <token>`: reading needs a token of
+scope read or above, enqueueing, cancelling and retrying need operate or above. Errors answer
+`{"detail": "..."}`, or, for invalid input (422), `{"detail": [{"loc": [...], "msg": ...,
+"type": ...}]}` with one entry per invalid field.
+"""
+
+TAGS: list[dict[str, Any]] = [
+    {"name": "jobs", "description": "Enqueue, list, read, wait for, cancel and retry jobs."},
+    {"name": "tasks", "description": "The registered tasks and the arguments they take."},
+    {"name": "health", "description": "Whether the API and its database can serve."},
+]
 
 
 def create_app(settings: Settings | None = None, database_url: str | None = None) -> FastAPI:
@@ -37,23 +57,18 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
             await watcher.stop()
             await pool.close()
 
-    app = FastAPI(
+    app = TaskhubAPI(
         title="taskhub",
         version="0.1.0",
         summary="Background tasks on PostgreSQL alone: status, results and control.",
+        description=DESCRIPTION,
+        openapi_tags=TAGS,
         lifespan=lifespan,
     )
     app.state.settings = settings
     app.state.tokens = settings.api_tokens()
+    app.add_middleware(BodySizeLimit, max_bytes=MAX_BODY_BYTES)
+    install_error_handlers(app)
 
-    @app.exception_handler(TaskhubError)
-    async def taskhub_error(request: Request, exc: TaskhubError) -> JSONResponse:
-        if isinstance(exc, InvalidJobArguments):
-            # The same shape as FastAPI's own 422, with the field at fault under "body".
-            detail = [{**error, "loc": ["body", *error["loc"]]} for error in exc.errors]
-            return JSONResponse({"detail": detail}, status_code=exc.status_code)
-        return JSONResponse({"detail": exc.message}, status_code=exc.status_code)
-
-    for module in (health, tasks, jobs):
-        app.include_router(module.router)
+    app.include_routers(health.router, tasks.router, jobs.router)
     return app

@@ -60,7 +60,16 @@ async def get_conn(
         yield conn
 
 
-bearer = HTTPBearer(auto_error=False, description="An API token from TASKHUB_TOKENS.")
+bearer = HTTPBearer(
+    auto_error=False,
+    bearerFormat="opaque token",
+    description=(
+        "An API token from TASKHUB_TOKENS (`[name=]scope:token`, scopes read < operate < admin),"
+        " or, when none is configured, the admin token taskhub generates in"
+        " `<TASKHUB_DATA_DIR>/admin-token`. Reading needs read; enqueueing, cancelling and"
+        " retrying need operate."
+    ),
+)
 
 
 def require(scope: Scope) -> Callable[..., Coroutine[Any, Any, ApiToken]]:

@@ -8,19 +8,32 @@ from fastapi.responses import JSONResponse
 from psycopg_pool import PoolTimeout
 
 from backend.api.deps import Pool
-from backend.api.schemas import Health
+from backend.api.schemas import Health, ok_response
 from backend.queries import QUERIES
 
 router = APIRouter(tags=["health"])
+
+OK, UNREACHABLE, NOT_MIGRATED = Health.model_json_schema()["examples"]
 
 
 @router.get(
     "/health",
     response_model=Health,
-    responses={503: {"model": Health, "description": "The database is unreachable."}},
+    summary="Check the API and its database",
+    responses={
+        200: ok_response("The database answers and is migrated.", ok=("Healthy", OK)),
+        503: {
+            "model": Health,
+            **ok_response(
+                "The database is unreachable, or not migrated.",
+                unreachable=("Database down", UNREACHABLE),
+                not_migrated=("Schema missing", NOT_MIGRATED),
+            ),
+        },
+    },
 )
 async def health(pool: Pool, request: Request) -> JSONResponse:
-    """200 when the database answers and is migrated, 503 otherwise."""
+    """200 when the database answers and is migrated, 503 otherwise. Needs no token."""
     timeout = min(2.0, request.app.state.settings.database_timeout)
     try:
         async with pool.connection(timeout=timeout) as conn:

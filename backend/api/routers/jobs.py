@@ -2,16 +2,34 @@
 
 from __future__ import annotations
 
-import datetime
 import hashlib
 import json
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Path, Query, Request, Response, status
+from fastapi import APIRouter, Body, Header, Path, Query, Request, Response, status
 
 from backend import jobs, queue
 from backend.api.deps import Conn, Operator, Pool, Reader, Watcher, connection
-from backend.api.schemas import DeferRequest, ErrorBody
+from backend.api.schemas import (
+    ABORTING_JOB,
+    CANCELLED_JOB,
+    DEFER_EXAMPLES,
+    FORBIDDEN,
+    INVALID_JOB_ID,
+    JOB_EXAMPLES,
+    JOB_NOT_FOUND,
+    JOB_PAGE_EXAMPLES,
+    MAX_BODY_BYTES,
+    RETRIED_JOB,
+    UNAUTHENTICATED,
+    UNAVAILABLE,
+    DeferRequest,
+    Responses,
+    UtcTime,
+    error_response,
+    invalid,
+    ok_response,
+)
 from backend.db import DictConnection
 from backend.errors import TaskhubError
 from backend.queries import QUERIES
@@ -19,7 +37,24 @@ from backend.waiting import MAX_WAIT, wait_until_finished
 
 router = APIRouter(tags=["jobs"])
 
-JobId = Annotated[int, Path(ge=1, le=2**63 - 1, description="procrastinate's job id")]
+#: PostgreSQL text cannot hold NUL: a filter with one is a 422, not a failed query.
+NUL_FREE = r"^[^\x00]*$"
+
+
+def _examples(**values: tuple[str, Any]) -> dict[str, dict[str, Any]]:
+    """``openapi_examples`` of a parameter: name -> (summary, value)."""
+    return {name: {"summary": summary, "value": value} for name, (summary, value) in values.items()}
+
+
+JobId = Annotated[
+    int,
+    Path(
+        ge=1,
+        le=2**63 - 1,
+        description="procrastinate's job id.",
+        openapi_examples=_examples(job=("A job id", 42)),
+    ),
+]
 IdempotencyKey = Annotated[
     str | None,
     Header(
@@ -27,15 +62,14 @@ IdempotencyKey = Annotated[
         min_length=1,
         max_length=255,
         pattern=r"^[\x21-\x7e]+$",
-        description="Retrying with the same key within 24 h returns the same job, never a second.",
+        description=(
+            "Retrying with the same key within 24 h returns the same job (200, with"
+            " `Idempotent-Replayed: true`), never a second; the same key with another body is a"
+            " 409. Printable ASCII, no spaces, at most 255 characters."
+        ),
+        openapi_examples=_examples(uuid=("A UUID", "4f8c2a8e-5a0b-4d6e-9a7c-2b1d3e4f5a6b")),
     ),
 ]
-Responses = dict[int | str, dict[str, Any]]
-NOT_FOUND: Responses = {404: {"model": ErrorBody, "description": "No such job."}}
-AUTH: Responses = {
-    401: {"model": ErrorBody, "description": "No valid API token."},
-    403: {"model": ErrorBody, "description": "The token's scope is too low."},
-}
 
 
 class IdempotencyConflict(TaskhubError):
@@ -64,26 +98,97 @@ async def _replay(conn: DictConnection, actor: str, key: str, body: DeferRequest
     return int(row["job_id"])
 
 
+CREATE_RESPONSES: Responses = {
+    201: {
+        **ok_response(
+            "Enqueued: the new job. `Location` names it.",
+            pending=("A new job", JOB_EXAMPLES["pending"]["value"]),
+        ),
+        "headers": {
+            "Location": {"description": "`/jobs/{id}`", "schema": {"type": "string"}},
+        },
+    },
+    200: {
+        "model": jobs.JobView,
+        **ok_response(
+            "Replayed: the job an earlier request with this Idempotency-Key created.",
+            replayed=("The earlier request's job", JOB_EXAMPLES["succeeded"]["value"]),
+        ),
+        "headers": {
+            "Idempotent-Replayed": {"description": "`true`", "schema": {"type": "string"}},
+        },
+    },
+    400: error_response(
+        "The body could not be read (it is not UTF-8, or nests too deep for the JSON parser).",
+        unreadable=("Bytes that are not UTF-8", "There was an error parsing the body"),
+    ),
+    **UNAUTHENTICATED,
+    **FORBIDDEN,
+    404: error_response(
+        "No task is registered under that name; nothing was enqueued.",
+        unknown_task=(
+            "A typo in the task name",
+            "unknown task 'payroll.run'; registered tasks: taskhub.ping",
+        ),
+    ),
+    409: error_response(
+        "A job with this queueing lock is already waiting, or the Idempotency-Key was used with"
+        " another body; nothing was enqueued.",
+        queueing_lock=(
+            "Queueing lock taken",
+            "Job cannot be enqueued: there is already a job in the queue with the queueing lock"
+            " ping-customer-7",
+        ),
+        key_reused=(
+            "Idempotency-Key reused",
+            "Idempotency-Key 'order-42' was already used with a different request",
+        ),
+    ),
+    413: error_response(
+        f"The body is larger than {MAX_BODY_BYTES} bytes; pass ids in `args`, not documents.",
+        too_large=("A 5 MB body", f"the request body is larger than {MAX_BODY_BYTES} bytes"),
+    ),
+    **invalid(
+        "The body, the arguments (checked against the task's model) or a header is invalid;"
+        " `loc` names the field. Nothing was enqueued.",
+        (
+            "An argument the task rejects",
+            ["body", "args", "sleep"],
+            "Input should be greater than or equal to 0",
+            "greater_than_equal",
+        ),
+        (
+            "An option out of range",
+            ["body", "priority"],
+            "Input should be less than or equal to 2147483647",
+            "less_than_equal",
+        ),
+    ),
+    **UNAVAILABLE,
+}
+
+
 @router.post(
     "/jobs",
     status_code=status.HTTP_201_CREATED,
     response_model=jobs.JobView,
-    responses={
-        200: {"model": jobs.JobView, "description": "Replayed: this Idempotency-Key's job."},
-        **AUTH,
-        404: {"model": ErrorBody, "description": "Unknown task."},
-        409: {"model": ErrorBody, "description": "Queueing lock taken, or key reused."},
-        422: {"model": ErrorBody, "description": "Invalid body or arguments; nothing enqueued."},
-    },
+    summary="Enqueue a job",
+    response_description="Enqueued: the new job. `Location` names it.",
+    responses=CREATE_RESPONSES,
 )
 async def create_job(
-    body: DeferRequest,
+    body: Annotated[DeferRequest, Body(openapi_examples=DEFER_EXAMPLES)],
     conn: Conn,
     response: Response,
     caller: Operator,
     idempotency_key: IdempotencyKey = None,
 ) -> jobs.JobView:
-    """Validate the arguments against the task's model and enqueue one job."""
+    """Validate the arguments against the task's model and enqueue one job.
+
+    The job and its `deferred` event commit together, with the request; a worker is woken at
+    once. Options left out take the task's defaults (see `GET /tasks`). Needs the operate
+    scope.
+    """
     task = queue.get_task(body.task)
     if idempotency_key is not None:
         replayed = await _replay(conn, caller.name, idempotency_key, body)
@@ -106,29 +211,115 @@ async def create_job(
     return await jobs.get_job(conn, job_id)
 
 
-@router.get("/jobs", response_model=jobs.JobPage, responses={**AUTH, 422: {"model": ErrorBody}})
+TIME_EXAMPLE = _examples(utc=("A UTC time", "2030-01-01T08:00:00Z"))
+
+
+@router.get(
+    "/jobs",
+    response_model=jobs.JobPage,
+    summary="List jobs",
+    responses={
+        200: ok_response(
+            "One page of jobs, newest first.",
+            **{name: (ex["summary"], ex["value"]) for name, ex in JOB_PAGE_EXAMPLES.items()},
+        ),
+        **UNAUTHENTICATED,
+        **invalid(
+            "A filter or the cursor is invalid; `loc` names it.",
+            (
+                "A status that does not exist",
+                ["query", "status", 0],
+                "Input should be 'todo', 'doing', 'succeeded', 'failed', 'cancelled' or 'aborted'",
+                "enum",
+            ),
+            (
+                "A page size out of range",
+                ["query", "limit"],
+                "Input should be less than or equal to 500",
+                "less_than_equal",
+            ),
+        ),
+        **UNAVAILABLE,
+    },
+)
 async def list_jobs(
     conn: Conn,
     caller: Reader,
     status: Annotated[
-        list[jobs.JobStatus] | None, Query(description="procrastinate status; repeatable")
+        list[jobs.JobStatus] | None,
+        Query(
+            description="procrastinate status; repeat to match any of several.",
+            openapi_examples=_examples(
+                waiting=("Waiting jobs", ["todo"]), finished=("Failed", ["failed"])
+            ),
+        ),
     ] = None,
     state: Annotated[
         list[jobs.JobState] | None,
-        Query(description="Celery state; repeatable. FAILURE lists the dead letters."),
+        Query(
+            description="Celery state; repeat to match any of several. FAILURE lists the dead"
+            " letters.",
+            openapi_examples=_examples(dead=("Dead letters", ["FAILURE"])),
+        ),
     ] = None,
-    task: Annotated[str | None, Query(max_length=200)] = None,
-    queue_name: Annotated[str | None, Query(alias="queue", max_length=40)] = None,
-    created_after: datetime.datetime | None = None,
-    created_before: datetime.datetime | None = None,
-    finished_after: datetime.datetime | None = None,
-    finished_before: datetime.datetime | None = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    task: Annotated[
+        str | None,
+        Query(
+            max_length=200,
+            pattern=NUL_FREE,
+            description="Only this task's jobs.",
+            openapi_examples=_examples(ping=("One task", "taskhub.ping")),
+        ),
+    ] = None,
+    queue_name: Annotated[
+        str | None,
+        Query(
+            alias="queue",
+            max_length=40,
+            pattern=NUL_FREE,
+            description="Only the jobs of this queue.",
+            openapi_examples=_examples(default=("One queue", "default")),
+        ),
+    ] = None,
+    created_after: Annotated[
+        UtcTime,
+        Query(description="Created at or after this time.", openapi_examples=TIME_EXAMPLE),
+    ] = None,
+    created_before: Annotated[
+        UtcTime,
+        Query(description="Created before this time.", openapi_examples=TIME_EXAMPLE),
+    ] = None,
+    finished_after: Annotated[
+        UtcTime,
+        Query(description="Finished at or after this time.", openapi_examples=TIME_EXAMPLE),
+    ] = None,
+    finished_before: Annotated[
+        UtcTime,
+        Query(description="Finished before this time.", openapi_examples=TIME_EXAMPLE),
+    ] = None,
+    limit: Annotated[
+        int,
+        Query(
+            ge=1,
+            le=500,
+            description="Jobs per page.",
+            openapi_examples=_examples(page=("Ten per page", 10)),
+        ),
+    ] = 50,
     cursor: Annotated[
-        str | None, Query(max_length=64, description="next_cursor from the previous page")
+        str | None,
+        Query(
+            max_length=64,
+            description="`next_cursor` of the previous page.",
+            openapi_examples=_examples(next=("The page after job 42", "aWQ6NDI")),
+        ),
     ] = None,
 ) -> jobs.JobPage:
-    """Jobs newest first, with their progress, result and last error."""
+    """Jobs newest first, with their progress, result and last error.
+
+    Filters combine with AND; a repeated `status` or `state` matches any of its values. Pages
+    are keyset-paginated on the id, so jobs enqueued meanwhile never shift later pages.
+    """
     filters = jobs.JobFilters(
         statuses=status,
         states=state,
@@ -142,7 +333,30 @@ async def list_jobs(
     return await jobs.list_jobs(conn, filters, limit=limit, cursor=cursor)
 
 
-@router.get("/jobs/{job_id}", response_model=jobs.JobView, responses={**AUTH, **NOT_FOUND})
+@router.get(
+    "/jobs/{job_id}",
+    response_model=jobs.JobView,
+    summary="Read a job, or wait for it to finish",
+    responses={
+        200: ok_response(
+            "The job.",
+            **{name: (ex["summary"], ex["value"]) for name, ex in JOB_EXAMPLES.items()},
+        ),
+        **UNAUTHENTICATED,
+        **JOB_NOT_FOUND,
+        **invalid(
+            "The id or `wait` is out of range.",
+            INVALID_JOB_ID,
+            (
+                "Waiting too long",
+                ["query", "wait"],
+                f"Input should be less than or equal to {MAX_WAIT:g}",
+                "less_than_equal",
+            ),
+        ),
+        **UNAVAILABLE,
+    },
+)
 async def read_job(
     job_id: JobId,
     request: Request,
@@ -151,12 +365,21 @@ async def read_job(
     caller: Reader,
     wait: Annotated[
         float,
-        Query(ge=0, le=MAX_WAIT, description="Seconds to wait for the job to finish (long poll)."),
+        Query(
+            ge=0,
+            le=MAX_WAIT,
+            description=f"Seconds (at most {MAX_WAIT:g}) to wait for the job to finish: a long"
+            " poll, woken by PostgreSQL when the job ends. 0 answers at once.",
+            openapi_examples=_examples(
+                now=("Answer at once", 0), long_poll=("Wait up to 30 s", 30)
+            ),
+        ),
     ] = 0,
 ) -> jobs.JobView:
     """A job's status, state, progress, result, errors and event timeline.
 
-    With ``wait``, the answer comes as soon as the job finishes, or after ``wait`` seconds.
+    With `wait`, the answer comes as soon as the job finishes, or after `wait` seconds with the
+    job as it is then. A waiting request holds no database connection.
     """
 
     async def read() -> jobs.JobView:
@@ -172,18 +395,62 @@ async def read_job(
 @router.post(
     "/jobs/{job_id}/cancel",
     response_model=jobs.JobView,
-    responses={**AUTH, **NOT_FOUND, 409: {"model": ErrorBody, "description": "Already finished."}},
+    summary="Cancel a job",
+    responses={
+        200: ok_response(
+            "The job, cancelled (it was waiting) or asked to abort (it was running).",
+            cancelled=("A waiting job, cancelled", CANCELLED_JOB),
+            aborting=("A running job, asked to abort", ABORTING_JOB),
+        ),
+        **UNAUTHENTICATED,
+        **FORBIDDEN,
+        **JOB_NOT_FOUND,
+        409: error_response(
+            "The job has already finished.",
+            finished=(
+                "A finished job",
+                "job 42 is succeeded: only waiting or running jobs can be cancelled",
+            ),
+        ),
+        **invalid("The id is out of range.", INVALID_JOB_ID),
+        **UNAVAILABLE,
+    },
 )
 async def cancel_job(job_id: JobId, conn: Conn, caller: Operator) -> jobs.JobView:
-    """Cancel a waiting job, or ask a running one to abort. Recorded in the audit log."""
+    """Cancel a waiting job, or ask a running one to abort (the task sees the request).
+
+    Recorded in the audit log under the token's name. Needs the operate scope.
+    """
     return await jobs.cancel_job(conn, job_id, actor=caller.name)
 
 
 @router.post(
     "/jobs/{job_id}/retry",
     response_model=jobs.JobView,
-    responses={**AUTH, **NOT_FOUND, 409: {"model": ErrorBody, "description": "Not finished."}},
+    summary="Retry a finished job",
+    responses={
+        200: ok_response(
+            "The job, waiting to run again; its events and errors stay.",
+            retried=("A failed job, retried", RETRIED_JOB),
+        ),
+        **UNAUTHENTICATED,
+        **FORBIDDEN,
+        **JOB_NOT_FOUND,
+        409: error_response(
+            "The job is waiting, running or succeeded.",
+            not_finished=(
+                "A waiting job",
+                "job 42 is todo: only failed, cancelled or aborted jobs can be retried",
+            ),
+        ),
+        **invalid("The id is out of range.", INVALID_JOB_ID),
+        **UNAVAILABLE,
+    },
 )
 async def retry_job(job_id: JobId, conn: Conn, caller: Operator) -> jobs.JobView:
-    """Run a failed, cancelled or aborted job again. Recorded in the audit log."""
+    """Run a failed, cancelled or aborted job again, now.
+
+    Its history (events, errors, attempts) stays; its progress and result go. Recorded in the
+    audit log under the token's name. Needs the operate scope.
+    """
     return await jobs.retry_job(conn, job_id, actor=caller.name)

@@ -5,16 +5,26 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from backend.api.deps import Reader
-from backend.api.routers.jobs import AUTH
-from backend.api.schemas import TaskInfo
+from backend.api.schemas import UNAUTHENTICATED, TaskInfo, ok_response
 from backend.tasks import all_tasks
 
 router = APIRouter(tags=["tasks"])
 
+PING = TaskInfo.model_json_schema()["examples"][0]
 
-@router.get("/tasks", response_model=list[TaskInfo], responses=AUTH)
+
+@router.get(
+    "/tasks",
+    response_model=list[TaskInfo],
+    summary="List the tasks",
+    responses={
+        200: ok_response("Every registered task, by name.", builtin=("The built-in task", [PING])),
+        **UNAUTHENTICATED,
+    },
+)
 async def list_tasks(caller: Reader) -> list[TaskInfo]:
-    """Every task a job can be deferred for."""
+    """Every task a job can be deferred for, with its default queue, priority, locks and retry
+    policy, and the JSON schema `args` must match in `POST /jobs`."""
     return [
         TaskInfo(
             name=task.name,
