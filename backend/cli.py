@@ -24,7 +24,7 @@ from backend.db import DictConnection, check_database, database_url, describe_da
 from backend.errors import TaskhubError
 from backend.runtime.progress import Progress
 from backend.settings import Settings, load_settings
-from backend.waiting import JobWatcher, wait_until_finished
+from backend.waiting import JobWatcher, reuse, wait_until_finished
 
 logger = logging.getLogger("taskhub")
 
@@ -547,14 +547,10 @@ async def follow_job(url: str, job_id: int, live: LiveLine) -> jobs.JobView:
     await watcher.start()
     try:
         async with await _connect(url, autocommit=True) as conn:
-
-            async def read() -> jobs.JobView:
-                return await jobs.get_job(conn, job_id)
-
-            job = await read()
+            job = await jobs.get_job(conn, job_id)
             while job.status not in jobs.FINISHED:
                 live.show(live_line(job))
-                job = await wait_until_finished(watcher, job_id, FOLLOW_REFRESH, read)
+                job = await wait_until_finished(watcher, job_id, FOLLOW_REFRESH, reuse(conn))
     finally:
         await watcher.stop()
         live.close()

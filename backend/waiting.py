@@ -11,13 +11,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import uuid
 from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 
 import psycopg
 from psycopg.rows import dict_row
 
+from backend.db import DictConnection
 from backend.jobs import FINISHED, JobView, get_job
+from backend.queries import QUERIES
 
 logger = logging.getLogger(__name__)
 
@@ -81,24 +84,49 @@ class JobWatcher:
                 del self._waiters[job_id]
 
 
+Connect = Callable[[], contextlib.AbstractAsyncContextManager[DictConnection]]
+
+
+def reuse(conn: DictConnection) -> Connect:
+    """A ``Connect`` that hands out the same (autocommit) connection every time."""
+
+    @contextlib.asynccontextmanager
+    async def connect() -> AsyncIterator[DictConnection]:
+        yield conn
+
+    return connect
+
+
 async def wait_until_finished(
-    watcher: JobWatcher,
-    job_id: int,
-    timeout: float,
-    read: Callable[[], Awaitable[JobView]],
+    watcher: JobWatcher, job_id: int, timeout: float, connect: Connect
 ) -> JobView:
-    """Return the job once it is finished, or as it is after ``timeout`` seconds."""
+    """Return the job once it is finished, or as it is after ``timeout`` seconds.
+
+    Each read registers this waiter in taskhub.job_waiters in the same short transaction, so
+    the finishing statement knows to NOTIFY; no connection is held while waiting.
+    """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
+    waiter = uuid.uuid4()
+    params = {"job_id": job_id, "waiter": waiter}
+    if not watcher.listening.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(watcher.listening.wait(), min(timeout, RECHECK))
     async with watcher.watch(job_id) as finished:
-        while True:
-            finished.clear()
-            job = await read()
-            remaining = deadline - loop.time()
-            if job.status in FINISHED or remaining <= 0:
-                return job
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(finished.wait(), min(remaining, RECHECK))
+        try:
+            while True:
+                finished.clear()
+                async with connect() as conn, conn.transaction():
+                    await conn.execute(QUERIES["watch_job"], params)
+                    job = await get_job(conn, job_id)
+                remaining = deadline - loop.time()
+                if job.status in FINISHED or remaining <= 0:
+                    return job
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(finished.wait(), min(remaining, RECHECK))
+        finally:
+            async with connect() as conn, conn.transaction():
+                await conn.execute(QUERIES["unwatch_job"], params)
 
 
 async def wait_for_job(url: str, job_id: int, timeout: float = 30.0) -> JobView:
@@ -109,15 +137,9 @@ async def wait_for_job(url: str, job_id: int, timeout: float = 30.0) -> JobView:
     watcher = JobWatcher(url)
     await watcher.start()
     try:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(watcher.listening.wait(), min(timeout, RECHECK))
         async with await psycopg.AsyncConnection.connect(
             url, autocommit=True, row_factory=dict_row
         ) as conn:
-
-            async def read() -> JobView:
-                return await get_job(conn, job_id)
-
-            return await wait_until_finished(watcher, job_id, timeout, read)
+            return await wait_until_finished(watcher, job_id, timeout, reuse(conn))
     finally:
         await watcher.stop()

@@ -201,3 +201,19 @@ WITH gone AS (
  RETURNING 1
 )
 SELECT count(*) AS deleted FROM gone;
+
+-- watch_job --
+-- Register a waiter and share-lock the job row: a finish in progress completes first, a later
+-- one sees the waiter and NOTIFYs (taskhub.notify_job_finished). Commit before waiting.
+WITH waiter AS (
+    INSERT INTO taskhub.job_waiters (job_id, waiter) VALUES (%(job_id)s, %(waiter)s)
+    ON CONFLICT DO NOTHING
+)
+SELECT status FROM procrastinate_jobs WHERE id = %(job_id)s FOR SHARE;
+
+-- unwatch_job --
+DELETE FROM taskhub.job_waiters WHERE job_id = %(job_id)s AND waiter = %(waiter)s;
+
+-- prune_waiters --
+-- Waiters left by a process that died while waiting (a wait lasts a minute at most).
+DELETE FROM taskhub.job_waiters WHERE since < now() - interval '1 hour';

@@ -29,8 +29,8 @@ class PruneReport(BaseModel):
 )
 async def prune_job_data(args: PeriodicArgs, ctx: TaskContext) -> PruneReport:
     """Delete results and progress past TASKHUB_RESULT_RETENTION_DAYS, failed jobs' errors
-    past TASKHUB_FAILED_ERROR_RETENTION_DAYS, and day-old idempotency keys; in batches,
-    each its own short transaction, so workers never wait on it."""
+    past TASKHUB_FAILED_ERROR_RETENTION_DAYS, day-old idempotency keys and waiters left by
+    dead processes; in batches, each its own short transaction, so workers never wait on it."""
     settings = ctx.settings
     params = {
         "age_seconds": settings.result_retention_days * DAY,
@@ -52,4 +52,6 @@ async def prune_job_data(args: PeriodicArgs, ctx: TaskContext) -> PruneReport:
             setattr(report, field, getattr(report, field) + deleted)
             if deleted < BATCH:
                 break
+    async with ctx.connection() as conn:
+        await conn.execute(QUERIES["prune_waiters"])
     return report

@@ -113,10 +113,25 @@ SELECT job.id,
          LIMIT 1
        ) last_error ON true;
 
--- Wake whoever waits for a job (GET /jobs/{id}?wait=N, wait_for_job) when it ends.
+-- Who is waiting for which job to end (GET /jobs/{id}?wait=N, wait_for_job, jobs show
+-- --follow). Finishing jobs NOTIFY only when someone waits: a NOTIFY per finish would cost every
+-- job a global lock at commit and wake every listening backend. Unlogged: waits do not survive
+-- a crash, and need no WAL.
+CREATE UNLOGGED TABLE taskhub.job_waiters (
+    job_id bigint NOT NULL,
+    waiter uuid NOT NULL,
+    since timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (job_id, waiter)
+);
+
+-- Runs after the row's update, with a fresh snapshot: a waiter that registered (and share-locked
+-- the job row) before the finish is seen; one that comes later blocks on the row and then reads
+-- the final status itself. So no wake-up is lost.
 CREATE FUNCTION taskhub.notify_job_finished() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM pg_notify('taskhub_job_finished', NEW.id::text);
+    IF EXISTS (SELECT 1 FROM taskhub.job_waiters WHERE job_id = NEW.id) THEN
+        PERFORM pg_notify('taskhub_job_finished', NEW.id::text);
+    END IF;
     RETURN NEW;
 END;
 $$;

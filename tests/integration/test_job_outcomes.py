@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 import uuid
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 from pydantic import BaseModel
 
@@ -97,6 +99,7 @@ def long_sync(args: Marker, ctx: TaskContext) -> None:
 
 
 async def defer(conn: DictConnection, name: str, args: dict[str, Any] | None = None) -> int:
+    await conn.commit()  # end the transaction earlier reads opened: this one must commit
     async with conn.transaction():
         return await queue.defer(conn, blueprint.tasks[name], args or {})
 
@@ -256,3 +259,27 @@ async def test_wait_returns_the_unfinished_job_after_the_timeout(
     response = await client.get(f"/jobs/{job_id}", params={"wait": 0.5})
     assert 0.5 <= time.monotonic() - began < 3
     assert response.json()["state"] == "PENDING"
+
+
+async def test_finishing_notifies_only_when_someone_waits(
+    conn: DictConnection, settings: Settings, db_url: str
+) -> None:
+    listener = await psycopg.AsyncConnection.connect(db_url, autocommit=True)
+    await listener.execute("LISTEN taskhub_job_finished")
+    try:
+        unwatched = await defer(conn, "tests.progress_async", {"steps": 1})
+        async with running_worker(settings, db_url, blueprints=ALL):
+            await finished(conn, unwatched)
+            watched = await defer(conn, "tests.progress_async", {"steps": 1, "pause": 0.5})
+            job = await wait_for_job(db_url, watched, timeout=30)
+        assert job.state == jobs.JobState.SUCCESS
+        received = []
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(0.5):
+                async for notify in listener.notifies():
+                    received.append(int(notify.payload))
+        assert received == [watched], "no NOTIFY for a job nobody waits for"
+    finally:
+        await listener.close()
+    cursor = await conn.execute("SELECT count(*) AS n FROM taskhub.job_waiters")
+    assert await cursor.fetchone() == {"n": 0}, "waiters unregister"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from typing import Annotated, Any
@@ -382,14 +383,14 @@ async def read_job(
     job as it is then. A waiting request holds no database connection.
     """
 
-    async def read() -> jobs.JobView:
+    def connect() -> contextlib.AbstractAsyncContextManager[DictConnection]:
         # A fresh connection per read: a waiting request holds no connection.
-        async with connection(pool, request.app.state.settings.database_timeout) as conn:
-            return await jobs.get_job(conn, job_id)
+        return connection(pool, request.app.state.settings.database_timeout)
 
     if wait <= 0:
-        return await read()
-    return await wait_until_finished(watcher, job_id, wait, read)
+        async with connect() as conn:
+            return await jobs.get_job(conn, job_id)
+    return await wait_until_finished(watcher, job_id, wait, connect)
 
 
 @router.post(
