@@ -675,7 +675,10 @@ the other, {order}, in one Python process and one event loop. taskhub's schema c
 from its alembic migration (`backend.migrate.upgrade`), bare procrastinate's from
 `SchemaManager.apply_schema_async()`; both are procrastinate 3.10.0's schema. Both apps use
 the same pool sizes (taskhub's settings: {pools}) and the worker runs with taskhub's options
-(backend/runner.py): {worker}, LISTEN/NOTIFY on, no signal handlers.
+(backend/runner.py): {worker}, LISTEN/NOTIFY on, no signal handlers. The taskhub column
+runs taskhub's worker (`backend/runtime/worker.py`), which also stores what each job returned
+(`taskhub.ping` returns its message: one `taskhub.job_results` row per job, written in the
+statement that finishes the job); bare procrastinate keeps nothing.
 The jobs are no-ops: `taskhub.ping` with `{{"message": i}}` (validated to
 `{{"message": i, "sleep": 0}}`) against an equivalent async procrastinate task
 `bench.noop(message=i, sleep=0)`.
@@ -691,7 +694,7 @@ The jobs are no-ops: `taskhub.ping` with `{{"message": i}}` (validated to
   `queue.batch_defer(conn, ping, [...])` on a pool connection, and
   `task.batch_defer_async(*kwargs)`.
 - **work rate**: those {jobs} queued jobs, after `ANALYZE procrastinate_jobs` and a
-  `CHECKPOINT`; then `app.run_worker_async(..., wait=False)` timed from start to return (the
+  `CHECKPOINT`; then the column's worker with `wait=False` timed from start to return (the
   worker stops once a fetch finds no job and its running jobs are finished), then a check that
   all {jobs} are `succeeded`. CPU per job is this process's CPU time (the worker, as nothing
   else runs) divided by the jobs; PostgreSQL's CPU is not included. Each job is updated twice
