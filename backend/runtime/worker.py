@@ -5,16 +5,17 @@ nothing of what the task returned or raised. ``TaskhubWorker`` replaces that one
 one statement that also writes the job's last progress report, its JSON result and the
 attempt's error (type, message, traceback), so the outcome and the status commit together.
 
-It overrides ``Worker._persist_job_status``, a private method of procrastinate's worker:
-tests/integration/test_worker_outcomes.py pins that behaviour to the procrastinate version
-range in pyproject.toml.
+It also keeps a NOTIFY that arrives during a fetch (:class:`WakeEvent`). Both touch private
+parts of procrastinate's worker (``_persist_job_status``, ``_new_job_event``):
+tests/unit/test_worker_extension.py pins them to the procrastinate version range in
+pyproject.toml, and the integration tests pin the behaviour.
 """
 
 from __future__ import annotations
 
 import asyncio
 import traceback
-from typing import Any
+from typing import Any, Literal
 
 from procrastinate import JobContext, exceptions, jobs, retry
 from procrastinate.job_context import JobResult
@@ -82,12 +83,39 @@ def _error_params(error: BaseException | None) -> dict[str, Any]:
     }
 
 
+class WakeEvent(asyncio.Event):
+    """The worker's "new job" event, keeping a wake-up that lands during a fetch.
+
+    procrastinate clears this event after every fetch. A NOTIFY that arrives while a fetch is
+    in flight (too late for its snapshot) was cleared with it, and the job waited for the next
+    poll. Here ``clear`` keeps a ``set`` that came after the loop last woke up.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._unseen = False
+
+    def set(self) -> None:
+        self._unseen = True
+        super().set()
+
+    async def wait(self) -> Literal[True]:
+        await super().wait()
+        self._unseen = False
+        return True
+
+    def clear(self) -> None:
+        if not self._unseen:
+            super().clear()
+
+
 class TaskhubWorker(Worker):
     """procrastinate's worker, persisting each job's outcome with its status."""
 
     def __init__(self, **options: Any) -> None:
         options["worker_middleware"] = [track_job, *(options.get("worker_middleware") or [])]
         super().__init__(**options)
+        self._new_job_event = WakeEvent()
 
     async def _persist_job_status(
         self,

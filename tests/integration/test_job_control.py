@@ -145,7 +145,7 @@ async def test_retry_wakes_workers_at_once(
     await set_status(conn, job_id, "failed")
     slow_polling = settings.model_copy(update={"fetch_polling_interval": 600})
     async with running_worker(slow_polling, db_url):
-        await client.post(f"/jobs/{job_id}/retry")
+        assert (await client.post(f"/jobs/{job_id}/retry")).status_code == 200
 
         async def succeeded() -> bool:
             return (await jobs.get_job(conn, job_id)).status == "succeeded"

@@ -11,7 +11,7 @@ import inspect
 from procrastinate import JobContext
 from procrastinate.worker import Worker
 
-from backend.runtime.worker import TaskhubWorker
+from backend.runtime.worker import TaskhubWorker, WakeEvent
 
 
 def test_persist_job_status_signature_is_the_one_we_override() -> None:
@@ -34,3 +34,22 @@ def test_worker_options_we_pass_exist() -> None:
 
 def test_job_context_carries_a_per_job_dict() -> None:
     assert "additional_context" in {field.name for field in JobContext.__attrs_attrs__}
+
+
+def test_the_new_job_event_is_the_one_the_loop_waits_on() -> None:
+    for method in (Worker._run_loop, Worker._fetch_and_process_jobs, Worker._handle_notification):
+        assert "self._new_job_event" in inspect.getsource(method)
+
+
+async def test_a_wake_up_during_a_fetch_survives_the_clear_after_it() -> None:
+    event = WakeEvent()
+    event.clear()
+    event.set()  # NOTIFY: the loop wakes up...
+    assert await event.wait()
+    # ... fetches; another NOTIFY lands while that fetch is in flight ...
+    event.set()
+    event.clear()  # ... and procrastinate clears after the fetch
+    assert event.is_set(), "the late wake-up must trigger another fetch"
+    assert await event.wait()
+    event.clear()  # that fetch saw everything: now it may clear
+    assert not event.is_set()
