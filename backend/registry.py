@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from pydantic_core import PydanticSerializationError, to_jsonable_python
 
 from backend.errors import InvalidJobArguments
+from backend.policy import Retry
 from backend.runtime.context import TaskContext
 
 ArgsT = TypeVar("ArgsT", bound=BaseModel)
@@ -138,6 +139,8 @@ class TaskDefinition(Generic[ArgsT]):
     def describe_retry(self) -> dict[str, Any] | None:
         if self.retry is None:
             return None
+        if isinstance(self.retry, Retry):
+            return self.retry.describe()
         if not isinstance(self.retry, RetryStrategy):
             return {"strategy": type(self.retry).__name__}
         return {
@@ -196,9 +199,11 @@ class TaskBlueprint:
     ) -> Callable[[Callable[..., Any]], TaskDefinition[Any]]:
         """Declare a task. Its first parameter's annotation is the arguments model.
 
-        ``retry`` takes what procrastinate takes: a number of attempts, True (forever),
-        or a retry strategy. ``cron`` makes it periodic (one job per tick across all
-        workers; its model must accept ``timestamp``, see :class:`PeriodicArgs`).
+        ``retry`` is a :class:`~backend.policy.Retry` (backoff, cap, jitter, exception
+        types), or what procrastinate takes: a number of attempts, True (forever), a
+        strategy. ``priority`` is any integer; :class:`~backend.policy.Priority` names
+        tiers. ``cron`` makes it periodic (one job per tick across all workers; its model
+        must accept ``timestamp``, see :class:`PeriodicArgs`).
         """
 
         def declare(func: Callable[..., Any]) -> TaskDefinition[Any]:

@@ -16,6 +16,7 @@ from pydantic import BaseModel
 
 from backend import jobs, queue
 from backend.db import DictConnection
+from backend.policy import Retry
 from backend.registry import TaskBlueprint
 from backend.runtime.context import TaskContext
 from backend.settings import Settings
@@ -283,3 +284,30 @@ async def test_finishing_notifies_only_when_someone_waits(
         await listener.close()
     cursor = await conn.execute("SELECT count(*) AS n FROM taskhub.job_waiters")
     assert await cursor.fetchone() == {"n": 0}, "waiters unregister"
+
+
+@blueprint.task(name="tests.backoff", retry=Retry(retries=2, backoff=0.4, factor=2))
+def backoff() -> None:
+    raise ConnectionError("still down")
+
+
+@blueprint.task(name="tests.only_on", retry=Retry(retries=5, on=(ConnectionError,)))
+def only_on() -> None:
+    raise KeyError("not worth retrying")
+
+
+async def test_retry_policy_backs_off_then_gives_up(
+    conn: DictConnection, settings: Settings, db_url: str
+) -> None:
+    backoff_id = await defer(conn, "tests.backoff")
+    only_on_id = await defer(conn, "tests.only_on")
+    quick_polling = settings.model_copy(update={"fetch_polling_interval": 0.1})
+    async with running_worker(quick_polling, db_url, blueprints=ALL):
+        backed_off = await finished(conn, backoff_id)
+        not_retried = await finished(conn, only_on_id)
+    assert backed_off.state == jobs.JobState.FAILURE
+    first, second, third = (error.at for error in backed_off.errors)
+    assert (second - first).total_seconds() >= 0.4
+    assert (third - second).total_seconds() >= 0.8
+    assert [event.type for event in backed_off.events].count("deferred_for_retry") == 2
+    assert [error.attempt for error in not_retried.errors] == [1], "KeyError is not retried"

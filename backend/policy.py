@@ -1,0 +1,80 @@
+"""Execution policy declared next to a task: priority tiers and retry with backoff.
+
+The seeds' policies, one line each::
+
+    retry=Retry(retries=4, backoff=60)            # 60, 120, 240, 480 s
+    retry=Retry(retries=3, backoff=60, factor=1)  # 3 retries, 60 s apart
+"""
+
+from __future__ import annotations
+
+import datetime
+import random
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Any
+
+from procrastinate.jobs import Job
+from procrastinate.retry import BaseRetryStrategy, RetryDecision
+
+
+class Priority(IntEnum):
+    """Priority tiers; higher runs first. Any integer works, these are the usual ones."""
+
+    critical = 100
+    high = 50
+    normal = 0
+    low = -50
+
+
+@dataclass(frozen=True, kw_only=True)
+class Retry(BaseRetryStrategy):
+    """Retry a failed job ``retries`` times, waiting ``backoff * factor**(n-1)`` before the n-th.
+
+    ``cap`` bounds the wait, ``jitter`` spreads it by up to that fraction either way (0.1: ±10%)
+    so a burst of failures does not come back as a burst, and ``on`` restricts retries to those
+    exception types (anything else fails the job at once).
+    """
+
+    retries: int
+    backoff: float = 0.0
+    factor: float = 2.0
+    cap: float | None = None
+    jitter: float = 0.0
+    on: tuple[type[BaseException], ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        if self.retries < 0 or self.backoff < 0 or self.factor < 1:
+            raise ValueError("retries and backoff must be >= 0, factor >= 1")
+        if not 0 <= self.jitter < 1:
+            raise ValueError("jitter is a fraction: 0 <= jitter < 1")
+        if self.cap is not None and self.cap < 0:
+            raise ValueError("cap must be >= 0")
+
+    def delay(self, retry: int) -> float:
+        """Seconds to wait before retry number ``retry`` (1 for the first), without jitter."""
+        wait = self.backoff * self.factor ** (retry - 1)
+        return min(wait, self.cap) if self.cap is not None else wait
+
+    def get_retry_decision(self, *, exception: BaseException, job: Job) -> RetryDecision | None:
+        # job.attempts counts the runs before this one: 0 on the first.
+        if job.attempts >= self.retries:
+            return None
+        if self.on and not isinstance(exception, self.on):
+            return None
+        wait = self.delay(job.attempts + 1)
+        if self.jitter:
+            wait *= random.uniform(1 - self.jitter, 1 + self.jitter)
+        retry_at = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=wait)
+        return RetryDecision(retry_at=retry_at)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "retries": self.retries,
+            "backoff": self.backoff,
+            "factor": self.factor,
+            "cap": self.cap,
+            "jitter": self.jitter,
+            "on": sorted(exception.__name__ for exception in self.on) or None,
+            "delays": [round(self.delay(n), 3) for n in range(1, min(self.retries, 10) + 1)],
+        }
