@@ -18,7 +18,7 @@ import traceback
 from typing import Any, Literal
 
 from procrastinate import JobContext, exceptions, jobs, retry
-from procrastinate.job_context import JobResult
+from procrastinate.job_context import AbortReason, JobResult
 from procrastinate.worker import Worker
 from psycopg.types.json import Jsonb
 
@@ -132,6 +132,11 @@ class TaskhubWorker(Worker):
         assert job.id is not None
         runtime = _runtime(context)
         progress = await runtime.reporter.close() if runtime.reporter else None
+        if status == jobs.Status.ABORTED and context.abort_reason() == AbortReason.SHUTDOWN:
+            # Not the job's fault: it runs again, on another worker, as if never started.
+            await self.app.connector.execute_query_async(QUERIES["requeue_job"], job_id=job.id)
+            self._job_ids_to_abort.pop(job.id, None)
+            return
         params: dict[str, Any] = {
             "job_id": job.id,
             "attempt": job.attempts + 1,

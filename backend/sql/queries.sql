@@ -71,10 +71,7 @@ WITH target AS (
  RETURNING job.id, job.queue_name, target.status AS previous_status
 ), wake AS (
     -- procrastinate only notifies on INSERT; wake the workers as a new job would.
-    SELECT pg_notify(channel, json_build_object('type', 'job_inserted', 'job_id', id)::text)
-      FROM retried,
-           unnest(ARRAY['procrastinate_queue_v1#' || queue_name, 'procrastinate_any_queue_v1'])
-           AS channel
+    SELECT taskhub.wake_workers(id, queue_name) FROM retried
 ), event AS (
     INSERT INTO procrastinate_events (job_id, type)
     SELECT id, 'retried' FROM retried WHERE previous_status <> 'failed'
@@ -217,3 +214,16 @@ DELETE FROM taskhub.job_waiters WHERE job_id = %(job_id)s AND waiter = %(waiter)
 -- prune_waiters --
 -- Waiters left by a process that died while waiting (a wait lasts a minute at most).
 DELETE FROM taskhub.job_waiters WHERE since < now() - interval '1 hour';
+
+-- requeue_job --
+-- A job a shutting-down worker interrupted waits again, due now, its attempt not counted
+-- (procrastinate records 'deferred_for_retry'); the other workers are woken for it.
+WITH requeued AS (
+    UPDATE procrastinate_jobs
+       SET status = 'todo', abort_requested = false, scheduled_at = NULL
+     WHERE id = %(job_id)s AND status = 'doing'
+ RETURNING id, queue_name
+), progress AS (
+    DELETE FROM taskhub.job_progress WHERE job_id IN (SELECT id FROM requeued)
+)
+SELECT taskhub.wake_workers(id, queue_name) FROM requeued;

@@ -113,6 +113,18 @@ SELECT job.id,
          LIMIT 1
        ) last_error ON true;
 
+-- Wake the workers of a job's queue, as procrastinate's insert trigger does for new jobs:
+-- for jobs that become todo again by an UPDATE (retry by an operator, shutdown, rescue).
+CREATE FUNCTION taskhub.wake_workers(job_id bigint, queue_name text) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    payload text := json_build_object('type', 'job_inserted', 'job_id', job_id)::text;
+BEGIN
+    PERFORM pg_notify('procrastinate_queue_v1#' || queue_name, payload);
+    PERFORM pg_notify('procrastinate_any_queue_v1', payload);
+END;
+$$;
+
 -- Who is waiting for which job to end (GET /jobs/{id}?wait=N, wait_for_job, jobs show
 -- --follow). Finishing jobs NOTIFY only when someone waits: a NOTIFY per finish would cost every
 -- job a global lock at commit and wake every listening backend. Unlogged: waits do not survive

@@ -73,8 +73,10 @@ async def wait_until_listening(db_url: str, worker_task: asyncio.Task[None]) -> 
             worker_task.result()  # surface the worker's error
         async with await psycopg.AsyncConnection.connect(db_url) as conn:
             cursor = await conn.execute(
-                "SELECT 1 FROM pg_stat_activity"
-                " WHERE datname = current_database() AND query LIKE 'LISTEN %%'"
+                # procrastinate's channels only (the API's job watcher LISTENs too), and
+                # idle: the LISTEN has committed, so NOTIFYs from now on reach the worker.
+                "SELECT 1 FROM pg_stat_activity WHERE datname = current_database()"
+                " AND query LIKE 'LISTEN \"procrastinate%%' AND state = 'idle'"
             )
             return await cursor.fetchone() is not None
 
