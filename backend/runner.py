@@ -65,6 +65,8 @@ async def run_worker(app: procrastinate.App, settings: Settings, options: Worker
         concurrency=options.concurrency,
         fetch_job_polling_interval=settings.fetch_polling_interval,
         shutdown_graceful_timeout=settings.shutdown_grace_period,
+        update_heartbeat_interval=settings.heartbeat_interval,
+        stalled_worker_timeout=settings.rescue_after,
         install_signal_handlers=False,
         listen_notify=True,
         additional_context={SETTINGS_KEY: settings},

@@ -50,6 +50,14 @@ class Settings(BaseSettings):
     shutdown_grace_period: float = Field(
         default=30.0, ge=0, description="Seconds running jobs get to finish on shutdown."
     )
+    heartbeat_interval: float = Field(
+        default=10.0, gt=0, le=3600, description="Seconds between a worker's heartbeats."
+    )
+    rescue_after: float = Field(
+        default=60.0,
+        gt=0,
+        description="Seconds without a heartbeat after which a worker's jobs are rescued.",
+    )
     log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$")
 
     tokens: str = Field(
@@ -63,6 +71,17 @@ class Settings(BaseSettings):
     failed_error_retention_days: float = Field(
         default=30, gt=0, description="Days the errors of failed jobs are kept."
     )
+
+    @field_validator("rescue_after")
+    @classmethod
+    def _rescue_after_heartbeats(cls, value: float, info: object) -> float:
+        heartbeat = getattr(info, "data", {}).get("heartbeat_interval", 10.0)
+        if value < 2 * heartbeat:
+            raise ValueError(
+                f"must be at least twice TASKHUB_HEARTBEAT_INTERVAL ({heartbeat}): "
+                "a live worker would otherwise lose its jobs"
+            )
+        return value
 
     @field_validator("tokens")
     @classmethod

@@ -14,6 +14,7 @@ pyproject.toml, and the integration tests pin the behaviour.
 from __future__ import annotations
 
 import asyncio
+import logging
 import traceback
 from typing import Any, Literal
 
@@ -25,6 +26,8 @@ from psycopg.types.json import Jsonb
 from backend.queries import QUERIES
 from backend.runtime.context import RUNTIME_KEY, JobRuntime
 from backend.runtime.progress import Progress, ProgressReporter
+
+logger = logging.getLogger(__name__)
 
 TRACEBACK_LIMIT = 20_000  # characters kept per error
 
@@ -132,19 +135,23 @@ class TaskhubWorker(Worker):
         assert job.id is not None
         runtime = _runtime(context)
         progress = await runtime.reporter.close() if runtime.reporter else None
+        connector = self.app.connector
         if status == jobs.Status.ABORTED and context.abort_reason() == AbortReason.SHUTDOWN:
             # Not the job's fault: it runs again, on another worker, as if never started.
-            await self.app.connector.execute_query_async(QUERIES["requeue_job"], job_id=job.id)
-            self._job_ids_to_abort.pop(job.id, None)
+            rows = await connector.execute_query_all_async(
+                QUERIES["requeue_job"], job_id=job.id, worker_id=self.worker_id
+            )
+            self._forget(job, fenced=not rows)
             return
         params: dict[str, Any] = {
             "job_id": job.id,
+            "worker_id": self.worker_id,
             "attempt": job.attempts + 1,
             **_progress_params(progress),
             **_error_params(runtime.error if status != jobs.Status.SUCCEEDED else None),
         }
         if retry_decision:
-            await self.app.connector.execute_query_async(
+            rows = await connector.execute_query_all_async(
                 QUERIES["retry_job"],
                 **params,
                 retry_at=retry_decision.retry_at,
@@ -155,11 +162,21 @@ class TaskhubWorker(Worker):
         else:
             result = job_result.result if job_result else None
             has_result = status == jobs.Status.SUCCEEDED and result is not None
-            await self.app.connector.execute_query_async(
+            rows = await connector.execute_query_all_async(
                 QUERIES["finish_job"],
                 **params,
                 status=status.value,
                 has_result=has_result,
                 result=Jsonb(result) if has_result else None,
             )
+        self._forget(job, fenced=not rows)
+
+    def _forget(self, job: jobs.Job, *, fenced: bool) -> None:
+        assert job.id is not None
         self._job_ids_to_abort.pop(job.id, None)
+        if fenced:
+            logger.warning(
+                "job %s was rescued while this worker (%s) ran it: this outcome is discarded",
+                job.id,
+                self.worker_id,
+            )

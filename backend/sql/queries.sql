@@ -113,40 +113,50 @@ ON CONFLICT (job_id) DO UPDATE
 -- finish_job --
 -- procrastinate's finish, plus the job's last progress, result and error, in one statement:
 -- either all of it is stored or none (the finish raises if the job is not running).
-WITH progress AS (
+WITH owned AS (
+    -- Fencing: only the worker still holding the job may finish it. A worker that was
+    -- presumed dead (its job rescued, maybe run elsewhere) finds nothing here.
+    SELECT id FROM procrastinate_jobs
+     WHERE id = %(job_id)s AND status = 'doing' AND worker_id = %(worker_id)s
+       FOR UPDATE
+), progress AS (
     INSERT INTO taskhub.job_progress AS progress (job_id, done, total, message, counters)
-    SELECT %(job_id)s::bigint, %(done)s::bigint, %(total)s::bigint, %(message)s::text,
-           %(counters)s::jsonb
-     WHERE %(has_progress)s
+    SELECT id, %(done)s::bigint, %(total)s::bigint, %(message)s::text, %(counters)s::jsonb
+      FROM owned WHERE %(has_progress)s
     ON CONFLICT (job_id) DO UPDATE
        SET done = EXCLUDED.done, total = EXCLUDED.total, message = EXCLUDED.message,
            counters = EXCLUDED.counters, updated_at = now()
 ), result AS (
     INSERT INTO taskhub.job_results (job_id, result)
-    SELECT %(job_id)s::bigint, %(result)s::jsonb WHERE %(has_result)s
+    SELECT id, %(result)s::jsonb FROM owned WHERE %(has_result)s
     ON CONFLICT (job_id) DO UPDATE SET result = EXCLUDED.result, created_at = now()
 ), error AS (
     INSERT INTO taskhub.job_errors (job_id, attempt, type, message, traceback)
-    SELECT %(job_id)s::bigint, %(attempt)s::integer, %(error_type)s::text,
-           %(error_message)s::text, %(traceback)s::text
-     WHERE %(error_type)s::text IS NOT NULL
+    SELECT id, %(attempt)s::integer, %(error_type)s::text, %(error_message)s::text,
+           %(traceback)s::text
+      FROM owned WHERE %(error_type)s::text IS NOT NULL
 )
-SELECT procrastinate_finish_job_v1(%(job_id)s, %(status)s::procrastinate_job_status, false);
+SELECT procrastinate_finish_job_v1(id, %(status)s::procrastinate_job_status, false) FROM owned;
 
 -- retry_job --
 -- procrastinate's retry, plus the attempt's error, in one statement.
-WITH progress AS (
+WITH owned AS (
+    -- Fencing, as in finish_job.
+    SELECT id FROM procrastinate_jobs
+     WHERE id = %(job_id)s AND status = 'doing' AND worker_id = %(worker_id)s
+       FOR UPDATE
+), progress AS (
     -- Progress belongs to an attempt: the next one starts from nothing.
-    DELETE FROM taskhub.job_progress WHERE job_id = %(job_id)s
+    DELETE FROM taskhub.job_progress WHERE job_id IN (SELECT id FROM owned)
 ), error AS (
     INSERT INTO taskhub.job_errors (job_id, attempt, type, message, traceback)
-    SELECT %(job_id)s::bigint, %(attempt)s::integer, %(error_type)s::text,
-           %(error_message)s::text, %(traceback)s::text
-     WHERE %(error_type)s::text IS NOT NULL
+    SELECT id, %(attempt)s::integer, %(error_type)s::text, %(error_message)s::text,
+           %(traceback)s::text
+      FROM owned WHERE %(error_type)s::text IS NOT NULL
 )
 SELECT procrastinate_retry_job_v2(
-    %(job_id)s, %(retry_at)s::timestamptz, %(priority)s::integer, %(queue)s::varchar, %(lock)s::varchar
-);
+    id, %(retry_at)s::timestamptz, %(priority)s::integer, %(queue)s::varchar, %(lock)s::varchar
+) FROM owned;
 
 -- prune_results --
 -- Results and progress of jobs finished before the cutoff, one batch.
@@ -221,9 +231,34 @@ DELETE FROM taskhub.job_waiters WHERE since < now() - interval '1 hour';
 WITH requeued AS (
     UPDATE procrastinate_jobs
        SET status = 'todo', abort_requested = false, scheduled_at = NULL
-     WHERE id = %(job_id)s AND status = 'doing'
+     WHERE id = %(job_id)s AND status = 'doing' AND worker_id = %(worker_id)s
  RETURNING id, queue_name
 ), progress AS (
     DELETE FROM taskhub.job_progress WHERE job_id IN (SELECT id FROM requeued)
 )
 SELECT taskhub.wake_workers(id, queue_name) FROM requeued;
+
+-- rescue_stalled_jobs --
+-- Jobs running on a worker that stopped heart-beating (or whose worker row is gone) wait
+-- again, due now, the lost attempt counted and recorded as a WorkerLost error; the workers
+-- are woken. SKIP LOCKED: a job its worker is finishing right now is left to it.
+WITH stalled AS (
+    SELECT job.id, job.queue_name, job.attempts, job.worker_id
+      FROM procrastinate_jobs job
+      LEFT JOIN procrastinate_workers worker ON worker.id = job.worker_id
+     WHERE job.status = 'doing'
+       AND (worker.id IS NULL
+            OR worker.last_heartbeat < now() - make_interval(secs => %(seconds)s))
+       FOR UPDATE OF job SKIP LOCKED
+), error AS (
+    INSERT INTO taskhub.job_errors (job_id, attempt, type, message)
+    SELECT id, attempts + 1, 'WorkerLost',
+           'worker ' || coalesce(worker_id::text, '(gone)') || ' stopped heart-beating'
+      FROM stalled
+), progress AS (
+    DELETE FROM taskhub.job_progress WHERE job_id IN (SELECT id FROM stalled)
+)
+SELECT id,
+       procrastinate_retry_job_v2(id, now(), NULL, NULL, NULL) AS retried,
+       taskhub.wake_workers(id, queue_name) AS woken
+  FROM stalled;

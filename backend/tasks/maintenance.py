@@ -55,3 +55,25 @@ async def prune_job_data(args: PeriodicArgs, ctx: TaskContext) -> PruneReport:
     async with ctx.connection() as conn:
         await conn.execute(QUERIES["prune_waiters"])
     return report
+
+
+class RescueReport(BaseModel):
+    rescued: list[int]
+
+
+@blueprint.task(
+    name="taskhub.rescue_stalled_jobs",
+    queue="maintenance",
+    cron="* * * * *",
+    queueing_lock="taskhub.rescue_stalled_jobs",
+)
+async def rescue_stalled_jobs(args: PeriodicArgs, ctx: TaskContext) -> RescueReport:
+    """Put back in the queue the jobs of workers silent for TASKHUB_RESCUE_AFTER seconds
+    (killed, frozen, cut off), counting the lost attempt. A rescued worker that comes back
+    cannot finish or overwrite those jobs: its finish is fenced on the worker id."""
+    async with ctx.connection() as conn:
+        cursor = await conn.execute(
+            QUERIES["rescue_stalled_jobs"], {"seconds": ctx.settings.rescue_after}
+        )
+        rows = await cursor.fetchall()
+    return RescueReport(rescued=[int(row["id"]) for row in rows])

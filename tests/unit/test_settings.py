@@ -171,3 +171,12 @@ def test_equal_pool_sizes_are_valid(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_log_level_is_case_insensitive(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TASKHUB_LOG_LEVEL", "debug")
     assert load_settings().log_level == "DEBUG"
+
+
+def test_rescue_after_must_outlast_two_heartbeats(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TASKHUB_HEARTBEAT_INTERVAL", "10")
+    monkeypatch.setenv("TASKHUB_RESCUE_AFTER", "15")
+    with pytest.raises(SettingsError, match=r"TASKHUB_RESCUE_AFTER=.*twice TASKHUB_HEARTBEAT"):
+        load_settings()
+    monkeypatch.setenv("TASKHUB_RESCUE_AFTER", "20")
+    assert load_settings().rescue_after == 20
