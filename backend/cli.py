@@ -9,6 +9,7 @@ import getpass
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
@@ -18,10 +19,11 @@ import psycopg
 from procrastinate.exceptions import ConnectorException
 from psycopg.rows import dict_row
 
-from backend import jobs, migrate, queue
+from backend import jobs, migrate, queue, queues
 from backend.auth import parse_tokens
 from backend.db import DictConnection, check_database, database_url, describe_database
 from backend.errors import TaskhubError
+from backend.queue import QUEUE_PATTERN
 from backend.runtime.progress import Progress
 from backend.settings import Settings, load_settings
 from backend.waiting import JobWatcher, reuse, wait_until_finished
@@ -114,6 +116,62 @@ def _cursor(value: str) -> str:
     except jobs.InvalidCursor as exc:
         raise argparse.ArgumentTypeError(exc.message) from None
     return value
+
+
+def _queue_name(value: str) -> str:
+    if not re.fullmatch(QUEUE_PATTERN, value):
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a queue name (letters, digits, '_', '.', ':', '-'; at most 40)"
+        )
+    return value
+
+
+def _add_queues_parser(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> None:
+    """``taskhub queues [list|pause NAME|resume NAME]``."""
+    queues_cmd = commands.add_parser(
+        "queues", help="jobs per queue; pause or resume a queue", description="Queues."
+    )
+    actions = queues_cmd.add_subparsers(dest="action", metavar="ACTION")
+    actions.add_parser("list", help="jobs per status in each queue, and which are paused")
+    for name, text in (
+        ("pause", "workers stop taking this queue's jobs (running ones finish); audited"),
+        ("resume", "workers take this queue's jobs again, at once; audited"),
+    ):
+        action = actions.add_parser(name, help=text, description=text)
+        action.add_argument("name", type=_queue_name, help="queue name")
+
+
+def queues_table(rows: Sequence[queues.QueueInfo]) -> str:
+    header = f"{'QUEUE':<40} {'TODO':>7} {'DOING':>6} {'FAILED':>7} {'OLDEST WAITING':<20} PAUSED"
+    lines = [header]
+    for row in rows:
+        oldest = f"{row.oldest_todo_at:%Y-%m-%d %H:%M:%S}" if row.oldest_todo_at else ""
+        paused = f"yes, by {row.paused_by}" if row.paused else ""
+        lines.append(
+            f"{row.name:<40} {row.todo:>7} {row.doing:>6} {row.failed:>7} {oldest:<20} {paused}"
+        )
+    return "\n".join(lines) if rows else "no queues yet"
+
+
+async def _queues_action(url: str, args: argparse.Namespace) -> int:
+    async with await _connect(url) as conn:
+        if args.action in (None, "list"):
+            print(queues_table(await queues.list_queues(conn)))
+            return 0
+        change = queues.pause_queue if args.action == "pause" else queues.resume_queue
+        queue = await change(conn, args.name, actor=_actor())
+        await conn.commit()
+    print(f"queue {queue.name}: {'paused' if queue.paused else 'running'} ({queue.todo} waiting)")
+    return 0
+
+
+def _queues_command(settings: Settings, args: argparse.Namespace) -> int:
+    """Run a ``queues`` action on DATABASE_URL or the embedded server, like ``jobs``."""
+    with database_url(settings) as url:
+        check_database(url)
+        return asyncio.run(_queues_action(url, args))
 
 
 def _add_jobs_parser(
@@ -225,6 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     defer.add_argument("--queueing-lock")
 
     _add_jobs_parser(commands)
+    _add_queues_parser(commands)
     return parser
 
 
@@ -630,6 +689,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             _defer(settings, args)
         elif args.command == "jobs":
             return _jobs(settings, args)
+        elif args.command == "queues":
+            return _queues_command(settings, args)
     except TaskhubError as exc:
         print(f"taskhub: error: {exc.message}", file=sys.stderr)
         return exc.exit_code

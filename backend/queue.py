@@ -31,6 +31,7 @@ from pydantic import (
 
 from backend.errors import AlreadyQueued, UnknownTask
 from backend.registry import TaskBlueprint, TaskDefinition, describe_validation_error
+from backend.runtime.manager import TaskhubJobManager
 from backend.settings import Settings
 from backend.tasks import BLUEPRINTS, all_tasks
 
@@ -155,6 +156,7 @@ def build_task_app(
         kwargs={"row_factory": dict_row},  # tasks get dict rows from TaskContext.connection()
     )
     app = procrastinate.App(connector=connector)
+    app.job_manager = TaskhubJobManager(connector)  # fetches skip paused queues
     for definition in (task for blueprint in blueprints for task in blueprint):
         task = app.task(
             name=definition.name,

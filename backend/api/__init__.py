@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from backend.api.errors import install_error_handlers
 from backend.api.middleware import BodySizeLimit
 from backend.api.openapi import TaskhubAPI
-from backend.api.routers import health, jobs, tasks
+from backend.api.routers import health, jobs, queues, tasks
 from backend.api.schemas import MAX_BODY_BYTES
 from backend.db import create_pool
 from backend.errors import SettingsError
@@ -31,6 +31,7 @@ scope read or above, enqueueing, cancelling and retrying need operate or above. 
 TAGS: list[dict[str, Any]] = [
     {"name": "jobs", "description": "Enqueue, list, read, wait for, cancel and retry jobs."},
     {"name": "tasks", "description": "The registered tasks and the arguments they take."},
+    {"name": "queues", "description": "Jobs per queue; pause and resume a queue."},
     {"name": "health", "description": "Whether the API and its database can serve."},
 ]
 
@@ -70,5 +71,5 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
     app.add_middleware(BodySizeLimit, max_bytes=MAX_BODY_BYTES)
     install_error_handlers(app)
 
-    app.include_routers(health.router, tasks.router, jobs.router)
+    app.include_routers(health.router, tasks.router, jobs.router, queues.router)
     return app

@@ -262,3 +262,53 @@ SELECT id,
        procrastinate_retry_job_v2(id, now(), NULL, NULL, NULL) AS retried,
        taskhub.wake_workers(id, queue_name) AS woken
   FROM stalled;
+
+-- fetch_job --
+-- procrastinate's fetch_job query, through taskhub.fetch_job (skips paused queues).
+SELECT id, status, task_name, priority, lock, queueing_lock, args, scheduled_at, queue_name,
+       attempts, worker_id
+  FROM taskhub.fetch_job(%(queues)s::varchar[], %(worker_id)s);
+
+-- list_queues --
+-- Every queue that has jobs or is paused: jobs per status, the oldest waiting job's age.
+WITH counts AS (
+    SELECT queue_name,
+           count(*) FILTER (WHERE status = 'todo') AS todo,
+           count(*) FILTER (WHERE status = 'doing') AS doing,
+           count(*) FILTER (WHERE status = 'succeeded') AS succeeded,
+           count(*) FILTER (WHERE status = 'failed') AS failed,
+           count(*) FILTER (WHERE status IN ('cancelled', 'aborted')) AS cancelled,
+           min(id) FILTER (WHERE status = 'todo') AS oldest_todo
+      FROM procrastinate_jobs
+     GROUP BY queue_name
+)
+SELECT coalesce(counts.queue_name, paused.queue_name) AS name,
+       coalesce(counts.todo, 0) AS todo,
+       coalesce(counts.doing, 0) AS doing,
+       coalesce(counts.succeeded, 0) AS succeeded,
+       coalesce(counts.failed, 0) AS failed,
+       coalesce(counts.cancelled, 0) AS cancelled,
+       (SELECT min(event.at) FROM procrastinate_events event
+         WHERE event.job_id = counts.oldest_todo AND event.type = 'deferred') AS oldest_todo_at,
+       paused.queue_name IS NOT NULL AS paused,
+       paused.paused_at,
+       paused.paused_by
+  FROM counts
+  FULL JOIN taskhub.paused_queues paused ON paused.queue_name = counts.queue_name
+ ORDER BY name;
+
+-- pause_queue --
+INSERT INTO taskhub.paused_queues (queue_name, paused_by) VALUES (%(queue)s, %(actor)s)
+ON CONFLICT (queue_name) DO NOTHING
+RETURNING queue_name;
+
+-- resume_queue --
+-- Unpause, and wake the workers of that queue: its jobs are due.
+WITH resumed AS (
+    DELETE FROM taskhub.paused_queues WHERE queue_name = %(queue)s RETURNING queue_name
+)
+SELECT queue_name, taskhub.wake_workers(NULL, queue_name) AS woken FROM resumed;
+
+-- record_queue_audit --
+INSERT INTO taskhub.audit_log (actor, action, details)
+VALUES (%(actor)s, %(action)s, jsonb_build_object('queue', %(queue)s::text));

@@ -1,0 +1,61 @@
+"""Queues: what waits where, and pausing a queue (its jobs wait; other queues go on)."""
+
+from __future__ import annotations
+
+import datetime
+
+from pydantic import BaseModel, Field
+
+from backend.db import DictConnection
+from backend.queries import QUERIES
+
+
+class QueueInfo(BaseModel):
+    name: str = Field(examples=["emails"])
+    todo: int = Field(description="Jobs waiting (scheduled ones included)")
+    doing: int
+    succeeded: int
+    failed: int
+    cancelled: int = Field(description="Cancelled or aborted")
+    oldest_todo_at: datetime.datetime | None = Field(
+        description="When the oldest waiting job was deferred"
+    )
+    paused: bool
+    paused_at: datetime.datetime | None
+    paused_by: str | None
+
+
+async def list_queues(conn: DictConnection) -> list[QueueInfo]:
+    cursor = await conn.execute(QUERIES["list_queues"])
+    return [QueueInfo.model_validate(row) for row in await cursor.fetchall()]
+
+
+async def get_queue(conn: DictConnection, name: str) -> QueueInfo:
+    """A queue's figures; an unknown queue is simply empty (queues exist by use)."""
+    for queue in await list_queues(conn):
+        if queue.name == name:
+            return queue
+    return QueueInfo(
+        name=name, todo=0, doing=0, succeeded=0, failed=0, cancelled=0,
+        oldest_todo_at=None, paused=False, paused_at=None, paused_by=None,
+    )  # fmt: skip
+
+
+async def pause_queue(conn: DictConnection, name: str, actor: str) -> QueueInfo:
+    """Stop workers from taking this queue's jobs; running ones finish. Idempotent."""
+    cursor = await conn.execute(QUERIES["pause_queue"], {"queue": name, "actor": actor})
+    if await cursor.fetchone() is not None:
+        await conn.execute(
+            QUERIES["record_queue_audit"], {"actor": actor, "action": "pause", "queue": name}
+        )
+    return await get_queue(conn, name)
+
+
+async def resume_queue(conn: DictConnection, name: str, actor: str) -> QueueInfo:
+    """Let workers take this queue's jobs again, at once. Idempotent."""
+    cursor = await conn.execute(QUERIES["resume_queue"], {"queue": name})
+    if await cursor.fetchone() is not None:
+        await conn.execute(
+            QUERIES["record_queue_audit"], {"actor": actor, "action": "resume", "queue": name}
+        )
+    return await get_queue(conn, name)
