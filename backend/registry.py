@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+import procrastinate
 from procrastinate import JobContext
 from procrastinate.retry import BaseRetryStrategy, RetryStrategy, RetryValue, get_retry_strategy
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -86,6 +87,7 @@ class TaskDefinition(Generic[ArgsT]):
     lock: str | None = None
     queueing_lock: str | None = None
     cron: str | None = None
+    on_failure: Callable[..., Any] | None = None
     description: str = ""
 
     @property
@@ -130,6 +132,7 @@ class TaskDefinition(Generic[ArgsT]):
                 return to_json(func(*call_args(job_context, kwargs)))
 
             runner = run_sync
+        runner.taskhub_definition = self  # type: ignore[attr-defined]  # see definition_of
         runner.__name__ = getattr(func, "__name__", self.name)
         runner.__qualname__ = getattr(func, "__qualname__", self.name)
         runner.__module__ = getattr(func, "__module__", __name__)
@@ -151,6 +154,13 @@ class TaskDefinition(Generic[ArgsT]):
             "retry_exceptions": sorted(exc.__name__ for exc in (self.retry.retry_exceptions or ()))
             or None,
         }
+
+
+def definition_of(app: procrastinate.App, task_name: str) -> TaskDefinition[Any] | None:
+    """The taskhub definition behind one of ``app``'s procrastinate tasks, if any."""
+    task = app.tasks.get(task_name)
+    definition = getattr(task.func, "taskhub_definition", None) if task else None
+    return definition if isinstance(definition, TaskDefinition) else None
 
 
 @dataclass(frozen=True)
@@ -196,6 +206,7 @@ class TaskBlueprint:
         lock: str | None = None,
         queueing_lock: str | None = None,
         cron: str | None = None,
+        on_failure: Callable[..., Any] | None = None,
     ) -> Callable[[Callable[..., Any]], TaskDefinition[Any]]:
         """Declare a task. Its first parameter's annotation is the arguments model.
 
@@ -203,7 +214,9 @@ class TaskBlueprint:
         types), or what procrastinate takes: a number of attempts, True (forever), a
         strategy. ``priority`` is any integer; :class:`~backend.policy.Priority` names
         tiers. ``cron`` makes it periodic (one job per tick across all workers; its model
-        must accept ``timestamp``, see :class:`PeriodicArgs`).
+        must accept ``timestamp``, see :class:`PeriodicArgs`). ``on_failure(job)``, sync or
+        async, runs once per final failure, as a job of its own (``taskhub.on_failure``),
+        with the failed job's ``JobView``.
         """
 
         def declare(func: Callable[..., Any]) -> TaskDefinition[Any]:
@@ -224,6 +237,7 @@ class TaskBlueprint:
                 lock=lock,
                 queueing_lock=queueing_lock,
                 cron=cron,
+                on_failure=on_failure,
                 description=inspect.getdoc(func) or "",
             )
             self.tasks[name] = definition

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import cast
 
-from procrastinate import JobContext, PsycopgConnector
+from procrastinate import App, JobContext, PsycopgConnector
 from procrastinate.exceptions import JobAborted
 from psycopg_pool import AsyncConnectionPool
 
@@ -64,6 +64,11 @@ class TaskContext:
         report = Progress(done=done, total=total, message=message, counters=counters)
         if self._runtime.reporter is not None:
             self._runtime.reporter.report(report)
+
+    @property
+    def app(self) -> App:
+        """The procrastinate app running this job."""
+        return self._job_context.app
 
     @property
     def settings(self) -> Settings:

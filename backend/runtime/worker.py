@@ -24,6 +24,7 @@ from procrastinate.worker import Worker
 from psycopg.types.json import Jsonb
 
 from backend.queries import QUERIES
+from backend.registry import definition_of
 from backend.runtime.context import RUNTIME_KEY, JobRuntime
 from backend.runtime.progress import Progress, ProgressReporter
 
@@ -162,10 +163,14 @@ class TaskhubWorker(Worker):
         else:
             result = job_result.result if job_result else None
             has_result = status == jobs.Status.SUCCEEDED and result is not None
+            definition = definition_of(self.app, job.task_name)
             rows = await connector.execute_query_all_async(
                 QUERIES["finish_job"],
                 **params,
                 status=status.value,
+                run_failure_hook=bool(
+                    status == jobs.Status.FAILED and definition and definition.on_failure
+                ),
                 has_result=has_result,
                 result=Jsonb(result) if has_result else None,
             )

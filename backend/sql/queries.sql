@@ -135,6 +135,21 @@ WITH owned AS (
     SELECT id, %(attempt)s::integer, %(error_type)s::text, %(error_message)s::text,
            %(traceback)s::text
       FROM owned WHERE %(error_type)s::text IS NOT NULL
+), hook AS (
+    -- A final failure of a task with an on_failure hook: its hook job, deferred once, here,
+    -- with the finish, on the failed job's queue (whose workers know the task).
+    SELECT job.id AS failed_job_id,
+           procrastinate_defer_jobs_v1(ARRAY[ROW(
+               job.queue_name, 'taskhub.on_failure', job.priority, NULL, NULL,
+               jsonb_build_object('job_id', job.id), NULL
+           )::procrastinate_job_to_defer_v1])::bigint[] AS hook_ids
+      FROM owned JOIN procrastinate_jobs job ON job.id = owned.id
+     WHERE %(run_failure_hook)s
+), final_failure AS (
+    INSERT INTO taskhub.audit_log (actor, action, job_id, details)
+    SELECT 'worker:' || %(worker_id)s::text, 'final_failure', failed_job_id,
+           jsonb_build_object('error', %(error_type)s::text, 'hook_job_id', hook_ids[1])
+      FROM hook
 )
 SELECT procrastinate_finish_job_v1(id, %(status)s::procrastinate_job_status, false) FROM owned;
 

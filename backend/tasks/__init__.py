@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from backend.registry import TaskBlueprint, TaskDefinition
-from backend.tasks import builtin, maintenance
+from backend.tasks import builtin, hooks, maintenance
 
-BLUEPRINTS: tuple[TaskBlueprint, ...] = (builtin.blueprint, maintenance.blueprint)
+BLUEPRINTS: tuple[TaskBlueprint, ...] = (builtin.blueprint, hooks.blueprint, maintenance.blueprint)
 
 
 def all_tasks() -> dict[str, TaskDefinition]:  # type: ignore[type-arg]

@@ -311,3 +311,43 @@ async def test_retry_policy_backs_off_then_gives_up(
     assert (third - second).total_seconds() >= 0.8
     assert [event.type for event in backed_off.events].count("deferred_for_retry") == 2
     assert [error.attempt for error in not_retried.errors] == [1], "KeyError is not retried"
+
+
+HOOK_CALLS: list[tuple[str, int, str | None]] = []
+
+
+def record_failure(job: jobs.JobView) -> None:
+    last = job.last_error.type if job.last_error else None
+    HOOK_CALLS.append((job.args["token"], len(job.errors), last))
+
+
+@blueprint.task(name="tests.doomed", retry=Retry(retries=1), on_failure=record_failure)
+def doomed(args: Marker) -> None:
+    raise RuntimeError(f"cannot {args.token}")
+
+
+async def test_on_failure_hook_runs_once_after_the_last_attempt(
+    conn: DictConnection, settings: Settings, db_url: str
+) -> None:
+    token = uuid.uuid4().hex
+    job_id = await defer(conn, "tests.doomed", {"token": token})
+    quick_polling = settings.model_copy(update={"fetch_polling_interval": 0.1})
+    async with running_worker(quick_polling, db_url, blueprints=ALL):
+        job = await finished(conn, job_id)
+        cursor = await conn.execute(
+            "SELECT actor, details FROM taskhub.audit_log"
+            " WHERE job_id = %s AND action = 'final_failure'",
+            (job_id,),
+        )
+        [audit] = await cursor.fetchall()
+        hook_job = await finished(conn, audit["details"]["hook_job_id"])
+    assert job.state == jobs.JobState.FAILURE
+    assert hook_job.state == jobs.JobState.SUCCESS
+    assert hook_job.task == "taskhub.on_failure"
+    assert hook_job.queue == job.queue
+    assert audit["details"]["error"] == "RuntimeError"
+    assert [call for call in HOOK_CALLS if call[0] == token] == [(token, 2, "RuntimeError")]
+    cursor = await conn.execute(
+        "SELECT count(*) AS n FROM procrastinate_jobs WHERE task_name = 'taskhub.on_failure'"
+    )
+    assert await cursor.fetchone() == {"n": 1}, "one hook job, not one per attempt"
