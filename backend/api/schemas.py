@@ -365,6 +365,11 @@ RETRIED_JOB = _example_job(
 )
 
 
+def parameter_examples(**values: tuple[str, Any]) -> dict[str, dict[str, Any]]:
+    """``openapi_examples`` of a parameter: name -> (summary, value)."""
+    return {name: {"summary": summary, "value": value} for name, (summary, value) in values.items()}
+
+
 def ok_response(description: str, **examples: tuple[str, Any]) -> dict[str, Any]:
     """A success answer for ``responses=``: named examples of the response model's body."""
     return {

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Body, Header, Path, Query, Request, Response, status
 
@@ -30,6 +30,7 @@ from backend.api.schemas import (
     error_response,
     invalid,
     ok_response,
+    parameter_examples,
 )
 from backend.db import DictConnection
 from backend.errors import TaskhubError
@@ -42,18 +43,13 @@ router = APIRouter(tags=["jobs"])
 NUL_FREE = r"^[^\x00]*$"
 
 
-def _examples(**values: tuple[str, Any]) -> dict[str, dict[str, Any]]:
-    """``openapi_examples`` of a parameter: name -> (summary, value)."""
-    return {name: {"summary": summary, "value": value} for name, (summary, value) in values.items()}
-
-
 JobId = Annotated[
     int,
     Path(
         ge=1,
         le=2**63 - 1,
         description="procrastinate's job id.",
-        openapi_examples=_examples(job=("A job id", 42)),
+        openapi_examples=parameter_examples(job=("A job id", 42)),
     ),
 ]
 IdempotencyKey = Annotated[
@@ -68,7 +64,9 @@ IdempotencyKey = Annotated[
             " `Idempotent-Replayed: true`), never a second; the same key with another body is a"
             " 409. Printable ASCII, no spaces, at most 255 characters."
         ),
-        openapi_examples=_examples(uuid=("A UUID", "4f8c2a8e-5a0b-4d6e-9a7c-2b1d3e4f5a6b")),
+        openapi_examples=parameter_examples(
+            uuid=("A UUID", "4f8c2a8e-5a0b-4d6e-9a7c-2b1d3e4f5a6b")
+        ),
     ),
 ]
 
@@ -212,7 +210,7 @@ async def create_job(
     return await jobs.get_job(conn, job_id)
 
 
-TIME_EXAMPLE = _examples(utc=("A UTC time", "2030-01-01T08:00:00Z"))
+TIME_EXAMPLE = parameter_examples(utc=("A UTC time", "2030-01-01T08:00:00Z"))
 
 
 @router.get(
@@ -250,7 +248,7 @@ async def list_jobs(
         list[jobs.JobStatus] | None,
         Query(
             description="procrastinate status; repeat to match any of several.",
-            openapi_examples=_examples(
+            openapi_examples=parameter_examples(
                 waiting=("Waiting jobs", ["todo"]), finished=("Failed", ["failed"])
             ),
         ),
@@ -260,7 +258,7 @@ async def list_jobs(
         Query(
             description="Celery state; repeat to match any of several. FAILURE lists the dead"
             " letters.",
-            openapi_examples=_examples(dead=("Dead letters", ["FAILURE"])),
+            openapi_examples=parameter_examples(dead=("Dead letters", ["FAILURE"])),
         ),
     ] = None,
     task: Annotated[
@@ -269,7 +267,7 @@ async def list_jobs(
             max_length=200,
             pattern=NUL_FREE,
             description="Only this task's jobs.",
-            openapi_examples=_examples(ping=("One task", "taskhub.ping")),
+            openapi_examples=parameter_examples(ping=("One task", "taskhub.ping")),
         ),
     ] = None,
     queue_name: Annotated[
@@ -279,7 +277,7 @@ async def list_jobs(
             max_length=40,
             pattern=NUL_FREE,
             description="Only the jobs of this queue.",
-            openapi_examples=_examples(default=("One queue", "default")),
+            openapi_examples=parameter_examples(default=("One queue", "default")),
         ),
     ] = None,
     created_after: Annotated[
@@ -304,7 +302,7 @@ async def list_jobs(
             ge=1,
             le=500,
             description="Jobs per page.",
-            openapi_examples=_examples(page=("Ten per page", 10)),
+            openapi_examples=parameter_examples(page=("Ten per page", 10)),
         ),
     ] = 50,
     cursor: Annotated[
@@ -312,7 +310,7 @@ async def list_jobs(
         Query(
             max_length=64,
             description="`next_cursor` of the previous page.",
-            openapi_examples=_examples(next=("The page after job 42", "aWQ6NDI")),
+            openapi_examples=parameter_examples(next=("The page after job 42", "aWQ6NDI")),
         ),
     ] = None,
 ) -> jobs.JobPage:
@@ -371,7 +369,7 @@ async def read_job(
             le=MAX_WAIT,
             description=f"Seconds (at most {MAX_WAIT:g}) to wait for the job to finish: a long"
             " poll, woken by PostgreSQL when the job ends. 0 answers at once.",
-            openapi_examples=_examples(
+            openapi_examples=parameter_examples(
                 now=("Answer at once", 0), long_poll=("Wait up to 30 s", 30)
             ),
         ),

@@ -14,13 +14,19 @@ from backend.api.schemas import (
     UNAVAILABLE,
     invalid,
     ok_response,
+    parameter_examples,
 )
 from backend.queue import QUEUE_PATTERN
 
 router = APIRouter(tags=["queues"])
 
 QueueName = Annotated[
-    str, Path(pattern=QUEUE_PATTERN, description="Queue name", examples=["emails"])
+    str,
+    Path(
+        pattern=QUEUE_PATTERN,
+        description="Queue name.",
+        openapi_examples=parameter_examples(emails=("A queue", "emails")),
+    ),
 ]
 EMAILS = {
     "name": "emails",
