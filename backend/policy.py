@@ -78,3 +78,30 @@ class Retry(BaseRetryStrategy):
             "on": sorted(exception.__name__ for exception in self.on) or None,
             "delays": [round(self.delay(n), 3) for n in range(1, min(self.retries, 10) + 1)],
         }
+
+
+RATE_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86_400.0}
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """At most ``runs`` starts per ``seconds``, across every worker, under ``key``.
+
+    Written ``"100/m"`` (also ``/s``, ``/h``, ``/d``). Tasks sharing a ``key`` share the limit
+    (e.g. every task that sends mail through one SMTP account).
+    """
+
+    runs: int
+    seconds: float
+    key: str | None = None
+
+    @classmethod
+    def parse(cls, value: str, key: str | None = None) -> RateLimit:
+        runs, _, unit = value.strip().partition("/")
+        if not runs.isdigit() or int(runs) < 1 or unit not in RATE_UNITS:
+            raise ValueError(f"rate limit {value!r}: write it as 100/m (or /s, /h, /d)")
+        return cls(runs=int(runs), seconds=RATE_UNITS[unit], key=key)
+
+    def __str__(self) -> str:
+        unit = next(name for name, seconds in RATE_UNITS.items() if seconds == self.seconds)
+        return f"{self.runs}/{unit}"

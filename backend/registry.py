@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from pydantic_core import PydanticSerializationError, to_jsonable_python
 
 from backend.errors import InvalidJobArguments
-from backend.policy import Retry
+from backend.policy import RateLimit, Retry
 from backend.runtime.context import TaskContext
 
 ArgsT = TypeVar("ArgsT", bound=BaseModel)
@@ -88,6 +88,7 @@ class TaskDefinition(Generic[ArgsT]):
     queueing_lock: str | None = None
     cron: str | None = None
     on_failure: Callable[..., Any] | None = None
+    rate_limit: RateLimit | None = None
     description: str = ""
 
     @property
@@ -207,6 +208,7 @@ class TaskBlueprint:
         queueing_lock: str | None = None,
         cron: str | None = None,
         on_failure: Callable[..., Any] | None = None,
+        rate_limit: str | RateLimit | None = None,
     ) -> Callable[[Callable[..., Any]], TaskDefinition[Any]]:
         """Declare a task. Its first parameter's annotation is the arguments model.
 
@@ -216,7 +218,8 @@ class TaskBlueprint:
         tiers. ``cron`` makes it periodic (one job per tick across all workers; its model
         must accept ``timestamp``, see :class:`PeriodicArgs`). ``on_failure(job)``, sync or
         async, runs once per final failure, as a job of its own (``taskhub.on_failure``),
-        with the failed job's ``JobView``.
+        with the failed job's ``JobView``. ``rate_limit="100/m"`` holds across all workers;
+        a job over the limit waits without using up an attempt.
         """
 
         def declare(func: Callable[..., Any]) -> TaskDefinition[Any]:
@@ -238,6 +241,9 @@ class TaskBlueprint:
                 queueing_lock=queueing_lock,
                 cron=cron,
                 on_failure=on_failure,
+                rate_limit=RateLimit.parse(rate_limit)
+                if isinstance(rate_limit, str)
+                else rate_limit,
                 description=inspect.getdoc(func) or "",
             )
             self.tasks[name] = definition

@@ -215,6 +215,7 @@ class TaskInfo(BaseModel):
                     "lock": None,
                     "queueing_lock": None,
                     "retry": None,
+                    "rate_limit": None,
                     "args_schema": {
                         "additionalProperties": False,
                         "properties": {
@@ -233,12 +234,15 @@ class TaskInfo(BaseModel):
                     "lock": None,
                     "queueing_lock": None,
                     "retry": {
-                        "max_attempts": 3,
-                        "wait": 0,
-                        "linear_wait": 0,
-                        "exponential_wait": 0,
-                        "retry_exceptions": None,
+                        "retries": 4,
+                        "backoff": 60.0,
+                        "factor": 2.0,
+                        "cap": None,
+                        "jitter": 0.0,
+                        "on": ["ConnectionError"],
+                        "delays": [60.0, 120.0, 240.0, 480.0],
                     },
+                    "rate_limit": "100/m",
                     "args_schema": {
                         "properties": {"customer_id": {"title": "Customer Id", "type": "integer"}},
                         "required": ["customer_id"],
@@ -260,6 +264,9 @@ class TaskInfo(BaseModel):
     )
     retry: dict[str, Any] | None = Field(
         description="Retry policy; null when the task never retries."
+    )
+    rate_limit: str | None = Field(
+        description="Starts allowed across all workers, e.g. 100/m; null when unlimited."
     )
     args_schema: dict[str, Any] = Field(description="JSON schema of the task's arguments.")
 

@@ -14,6 +14,7 @@ pyproject.toml, and the integration tests pin the behaviour.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
 import traceback
 from typing import Any, Literal
@@ -41,11 +42,32 @@ def _runtime(context: JobContext) -> JobRuntime:
     return runtime
 
 
+class RateLimited(Exception):
+    """The task's rate limit is used up: the job waits until ``retry_at``."""
+
+    def __init__(self, retry_at: datetime.datetime) -> None:
+        super().__init__(f"rate limit reached; next run at {retry_at.isoformat()}")
+        self.retry_at = retry_at
+
+
 async def track_job(call_next: Any, context: JobContext, worker: Worker) -> Any:
-    """Worker middleware: give the job a progress reporter and remember what it raised."""
+    """Worker middleware: admit the job under its rate limit, give it a progress reporter,
+    and remember what it raised."""
     runtime = _runtime(context)
     job_id = context.job.id
     connector = worker.app.connector
+    definition = definition_of(worker.app, context.job.task_name)
+    limit = definition.rate_limit if definition else None
+    if limit is not None:
+        row = await connector.execute_query_one_async(
+            QUERIES["take_rate_limit"],
+            key=limit.key or context.job.task_name,
+            max_runs=limit.runs,
+            seconds=limit.seconds,
+        )
+        if row["next_at"] is not None:
+            runtime.error = RateLimited(row["next_at"])
+            raise runtime.error
 
     async def write(progress: Progress) -> None:
         await connector.execute_query_async(
@@ -137,6 +159,16 @@ class TaskhubWorker(Worker):
         runtime = _runtime(context)
         progress = await runtime.reporter.close() if runtime.reporter else None
         connector = self.app.connector
+        if isinstance(runtime.error, RateLimited):
+            # Over the rate limit: not a failure, and no attempt used up.
+            rows = await connector.execute_query_all_async(
+                QUERIES["postpone_job"],
+                job_id=job.id,
+                worker_id=self.worker_id,
+                retry_at=runtime.error.retry_at,
+            )
+            self._forget(job, fenced=not rows)
+            return
         if status == jobs.Status.ABORTED and context.abort_reason() == AbortReason.SHUTDOWN:
             # Not the job's fault: it runs again, on another worker, as if never started.
             rows = await connector.execute_query_all_async(

@@ -327,3 +327,15 @@ SELECT queue_name, taskhub.wake_workers(NULL, queue_name) AS woken FROM resumed;
 -- record_queue_audit --
 INSERT INTO taskhub.audit_log (actor, action, details)
 VALUES (%(actor)s, %(action)s, jsonb_build_object('queue', %(queue)s::text));
+
+-- take_rate_limit --
+-- NULL when this run is admitted under the limit, else when the next run may start.
+SELECT taskhub.take_rate_limit(%(key)s, %(max_runs)s, %(seconds)s) AS next_at;
+
+-- postpone_job --
+-- A rate-limited job waits until a run is free again: todo, due then, its attempt not counted,
+-- no error (procrastinate records 'deferred_for_retry'). Fenced like finish_job.
+UPDATE procrastinate_jobs
+   SET status = 'todo', scheduled_at = %(retry_at)s
+ WHERE id = %(job_id)s AND status = 'doing' AND worker_id = %(worker_id)s
+RETURNING id;

@@ -351,3 +351,39 @@ async def test_on_failure_hook_runs_once_after_the_last_attempt(
         "SELECT count(*) AS n FROM procrastinate_jobs WHERE task_name = 'taskhub.on_failure'"
     )
     assert await cursor.fetchone() == {"n": 1}, "one hook job, not one per attempt"
+
+
+STARTS: dict[str, list[float]] = {}
+
+
+@blueprint.task(name="tests.limited", rate_limit="5/s")
+async def limited(args: Marker) -> None:
+    STARTS.setdefault(args.token, []).append(time.time())
+
+
+async def test_rate_limit_holds_across_three_workers(
+    conn: DictConnection, settings: Settings, db_url: str
+) -> None:
+    token = uuid.uuid4().hex
+    await conn.commit()
+    async with conn.transaction():
+        ids = await queue.batch_defer(
+            conn, blueprint.tasks["tests.limited"], [{"token": token}] * 15
+        )
+    quick_polling = settings.model_copy(update={"fetch_polling_interval": 0.05})
+    async with (
+        running_worker(quick_polling, db_url, blueprints=ALL),
+        running_worker(quick_polling, db_url, blueprints=ALL),
+        running_worker(quick_polling, db_url, blueprints=ALL),
+    ):
+        for job_id in ids:
+            job = await finished(conn, job_id, within=30)
+            assert job.state == jobs.JobState.SUCCESS
+            assert job.attempts == 1, "waiting for the limit uses up no attempt"
+            assert job.errors == []
+    starts = sorted(STARTS[token])
+    assert len(starts) == 15
+    # Any six consecutive starts span at least a second: never more than 5 in one second.
+    for first, sixth in zip(starts, starts[5:], strict=False):
+        assert sixth - first >= 0.95, [round(s - starts[0], 3) for s in starts]
+    assert starts[-1] - starts[0] < 6, "and the limit is used, not wasted"

@@ -7,7 +7,7 @@ import datetime
 import pytest
 from procrastinate.jobs import Job
 
-from backend.policy import Priority, Retry
+from backend.policy import Priority, RateLimit, Retry
 from backend.registry import TaskBlueprint
 
 
@@ -95,3 +95,17 @@ def test_policy_shows_in_the_task_description() -> None:
 def test_tiers_order() -> None:
     assert Priority.critical > Priority.high > Priority.normal > Priority.low
     assert int(Priority.normal) == 0, "procrastinate's default priority"
+
+
+@pytest.mark.parametrize(
+    ("text", "runs", "seconds"), [("100/m", 100, 60), ("5/s", 5, 1), ("2/h", 2, 3600)]
+)
+def test_rate_limits_parse(text: str, runs: int, seconds: float) -> None:
+    limit = RateLimit.parse(text)
+    assert (limit.runs, limit.seconds, str(limit)) == (runs, seconds, text)
+
+
+@pytest.mark.parametrize("text", ["100", "0/m", "ten/m", "5/week", "-1/s"])
+def test_bad_rate_limits_are_refused(text: str) -> None:
+    with pytest.raises(ValueError, match="write it as 100/m"):
+        RateLimit.parse(text)

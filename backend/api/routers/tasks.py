@@ -34,6 +34,7 @@ async def list_tasks(caller: Reader) -> list[TaskInfo]:
             lock=task.lock,
             queueing_lock=task.queueing_lock,
             retry=task.describe_retry(),
+            rate_limit=str(task.rate_limit) if task.rate_limit else None,
             args_schema=task.args_model.model_json_schema(),
         )
         for task in sorted(all_tasks().values(), key=lambda task: task.name)
