@@ -11,10 +11,13 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
+import psycopg
 import pytest
+from psycopg.rows import dict_row
 
 TASKHUB = str(Path(sys.executable).parent / "taskhub")
 
@@ -128,3 +131,28 @@ def wait_for_job(
         if time.monotonic() > deadline:
             raise AssertionError(f"job {job_id} is {job['status']}, not {status}")
         time.sleep(0.1)
+
+
+def job_row(url: str, job_id: int) -> dict[str, Any]:
+    with psycopg.connect(url, row_factory=dict_row) as conn:
+        row = conn.execute(
+            "SELECT job.status::text, job.attempts, result.result,"
+            " ARRAY(SELECT type::text FROM procrastinate_events"
+            "       WHERE job_id = job.id ORDER BY id) AS events,"
+            " ARRAY(SELECT type || '@' || attempt FROM taskhub.job_errors"
+            "       WHERE job_id = job.id ORDER BY id) AS errors"
+            " FROM procrastinate_jobs job"
+            " LEFT JOIN taskhub.job_results result ON result.job_id = job.id"
+            " WHERE job.id = %s",
+            (job_id,),
+        ).fetchone()
+    assert row is not None
+    return row
+
+
+def wait_status(url: str, job_id: int, status: str, timeout: float = 30) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while (row := job_row(url, job_id))["status"] != status:
+        assert time.monotonic() < deadline, f"job {job_id} is {row['status']}, not {status}"
+        time.sleep(0.05)
+    return row

@@ -14,7 +14,7 @@ from psycopg.rows import dict_row
 from backend import queue
 from backend.tasks.builtin import ping
 from backend.tasks.maintenance import rescue_stalled_jobs
-from tests.e2e.conftest import TaskhubProcess, clean_env
+from tests.e2e.conftest import TaskhubProcess, clean_env, job_row, wait_status
 
 pytestmark = pytest.mark.e2e
 
@@ -26,31 +26,6 @@ def defer(url: str, task: Any, args: dict[str, Any]) -> int:
         job_id = queue.defer_sync(conn, task, args)
         conn.commit()
     return job_id
-
-
-def job_row(url: str, job_id: int) -> dict[str, Any]:
-    with psycopg.connect(url, row_factory=dict_row) as conn:
-        row = conn.execute(
-            "SELECT job.status::text, job.attempts, result.result,"
-            " ARRAY(SELECT type::text FROM procrastinate_events"
-            "       WHERE job_id = job.id ORDER BY id) AS events,"
-            " ARRAY(SELECT type || '@' || attempt FROM taskhub.job_errors"
-            "       WHERE job_id = job.id ORDER BY id) AS errors"
-            " FROM procrastinate_jobs job"
-            " LEFT JOIN taskhub.job_results result ON result.job_id = job.id"
-            " WHERE job.id = %s",
-            (job_id,),
-        ).fetchone()
-    assert row is not None
-    return row
-
-
-def wait_status(url: str, job_id: int, status: str, timeout: float = 30) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while (row := job_row(url, job_id))["status"] != status:
-        assert time.monotonic() < deadline, f"job {job_id} is {row['status']}, not {status}"
-        time.sleep(0.05)
-    return row
 
 
 def rescue(url: str) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import signal
 import time
 from pathlib import Path
-from typing import Any
 
 import psycopg
 import pytest
@@ -13,29 +12,9 @@ from psycopg.rows import dict_row
 
 from backend import queue
 from backend.tasks.builtin import ping
-from tests.e2e.conftest import TaskhubProcess, clean_env
+from tests.e2e.conftest import TaskhubProcess, clean_env, job_row, wait_status
 
 pytestmark = pytest.mark.e2e
-
-
-def job_row(url: str, job_id: int) -> dict[str, Any]:
-    with psycopg.connect(url, row_factory=dict_row) as conn:
-        row = conn.execute(
-            "SELECT status::text, attempts, ARRAY(SELECT type::text FROM procrastinate_events"
-            " WHERE job_id = %(id)s ORDER BY id) AS events"
-            " FROM procrastinate_jobs WHERE id = %(id)s",
-            {"id": job_id},
-        ).fetchone()
-    assert row is not None
-    return row
-
-
-def wait_status(url: str, job_id: int, status: str, timeout: float = 30) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while (row := job_row(url, job_id))["status"] != status:
-        assert time.monotonic() < deadline, f"job {job_id} is {row['status']}, not {status}"
-        time.sleep(0.05)
-    return row
 
 
 def test_sigterm_finishes_short_jobs_and_hands_back_long_ones(
