@@ -22,7 +22,8 @@ from pydantic_core import PydanticSerializationError, to_jsonable_python
 
 from backend.errors import InvalidJobArguments
 from backend.policy import RateLimit, Retry
-from backend.runtime.context import TaskContext
+from backend.runtime.context import TaskContext, runtime_of
+from backend.runtime.isolation import run_in_child
 
 ArgsT = TypeVar("ArgsT", bound=BaseModel)
 JSONDict = dict[str, Any]
@@ -89,6 +90,8 @@ class TaskDefinition(Generic[ArgsT]):
     cron: str | None = None
     on_failure: Callable[..., Any] | None = None
     rate_limit: RateLimit | None = None
+    time_limit: float | None = None
+    soft_time_limit: float | None = None
     description: str = ""
 
     @property
@@ -121,6 +124,7 @@ class TaskDefinition(Generic[ArgsT]):
             return (*arguments, TaskContext(job_context)) if takes_context else arguments
 
         # procrastinate passes its JobContext first (the app sets pass_context=True).
+        time_limit = self.time_limit
         if self.is_async:
 
             async def run_async(job_context: JobContext, **kwargs: Any) -> Any:
@@ -130,7 +134,25 @@ class TaskDefinition(Generic[ArgsT]):
         else:
 
             def run_sync(job_context: JobContext, **kwargs: Any) -> Any:
-                return to_json(func(*call_args(job_context, kwargs)))
+                def target() -> Any:
+                    return to_json(func(*call_args(job_context, kwargs)))
+
+                if time_limit is None:
+                    return target()
+                # A hard limit needs a process: a thread cannot be stopped.
+                runtime = runtime_of(job_context)
+                parent = runtime.reporter
+
+                def use_in_child(reporter: Any) -> None:
+                    runtime.reporter = reporter
+
+                return run_in_child(
+                    target,
+                    time_limit=time_limit,
+                    prepare=use_in_child,
+                    on_progress=parent.report if parent else lambda progress: None,
+                    should_abort=job_context.should_abort,
+                )
 
             runner = run_sync
         runner.taskhub_definition = self  # type: ignore[attr-defined]  # see definition_of
@@ -209,6 +231,8 @@ class TaskBlueprint:
         cron: str | None = None,
         on_failure: Callable[..., Any] | None = None,
         rate_limit: str | RateLimit | None = None,
+        time_limit: float | None = None,
+        soft_time_limit: float | None = None,
     ) -> Callable[[Callable[..., Any]], TaskDefinition[Any]]:
         """Declare a task. Its first parameter's annotation is the arguments model.
 
@@ -219,12 +243,17 @@ class TaskBlueprint:
         must accept ``timestamp``, see :class:`PeriodicArgs`). ``on_failure(job)``, sync or
         async, runs once per final failure, as a job of its own (``taskhub.on_failure``),
         with the failed job's ``JobView``. ``rate_limit="100/m"`` holds across all workers;
-        a job over the limit waits without using up an attempt.
+        a job over the limit waits without using up an attempt. ``soft_time_limit`` (seconds)
+        makes ``ctx.should_abort()`` true and ``ctx.raise_if_aborted()`` raise
+        ``SoftTimeLimitExceeded``; ``time_limit`` stops the task (sync ones run in a child
+        process for it) and fails the attempt with ``TimeLimitExceeded``.
         """
 
         def declare(func: Callable[..., Any]) -> TaskDefinition[Any]:
             if name in self.tasks:
                 raise ValueError(f"task {name!r} is declared twice")
+            if soft_time_limit and time_limit and soft_time_limit >= time_limit:
+                raise ValueError(f"task {name!r}: soft_time_limit must be below time_limit")
             signature = _inspect_task(func)
             if cron and "timestamp" not in signature.args_model.model_fields:
                 raise TypeError(f"periodic task {name!r}: its model needs a timestamp field")
@@ -244,6 +273,8 @@ class TaskBlueprint:
                 rate_limit=RateLimit.parse(rate_limit)
                 if isinstance(rate_limit, str)
                 else rate_limit,
+                time_limit=time_limit,
+                soft_time_limit=soft_time_limit,
                 description=inspect.getdoc(func) or "",
             )
             self.tasks[name] = definition

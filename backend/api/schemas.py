@@ -216,6 +216,8 @@ class TaskInfo(BaseModel):
                     "queueing_lock": None,
                     "retry": None,
                     "rate_limit": None,
+                    "time_limit": None,
+                    "soft_time_limit": None,
                     "args_schema": {
                         "additionalProperties": False,
                         "properties": {
@@ -243,6 +245,8 @@ class TaskInfo(BaseModel):
                         "delays": [60.0, 120.0, 240.0, 480.0],
                     },
                     "rate_limit": "100/m",
+                    "time_limit": 300.0,
+                    "soft_time_limit": 240.0,
                     "args_schema": {
                         "properties": {"customer_id": {"title": "Customer Id", "type": "integer"}},
                         "required": ["customer_id"],
@@ -267,6 +271,10 @@ class TaskInfo(BaseModel):
     )
     rate_limit: str | None = Field(
         description="Starts allowed across all workers, e.g. 100/m; null when unlimited."
+    )
+    time_limit: float | None = Field(description="Hard time limit in seconds: the task is stopped.")
+    soft_time_limit: float | None = Field(
+        description="Soft time limit in seconds: the task is asked to stop."
     )
     args_schema: dict[str, Any] = Field(description="JSON schema of the task's arguments.")
 

@@ -13,35 +13,50 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import cast
+from typing import Protocol, cast
 
 from procrastinate import App, JobContext, PsycopgConnector
 from procrastinate.exceptions import JobAborted
 from psycopg_pool import AsyncConnectionPool
 
 from backend.db import DictConnection
-from backend.runtime.progress import Progress, ProgressReporter
+from backend.runtime.isolation import SoftTimeLimitExceeded
+from backend.runtime.progress import Progress
 from backend.settings import Settings, load_settings
 
 RUNTIME_KEY = "taskhub.runtime"
 SETTINGS_KEY = "taskhub.settings"
 
 
+class Reporter(Protocol):
+    def report(self, progress: Progress) -> None: ...
+
+
 @dataclass
 class JobRuntime:
     """Per-job state the worker keeps next to procrastinate's JobContext."""
 
-    reporter: ProgressReporter | None = None
+    reporter: Reporter | None = None
     error: BaseException | None = None
+    soft_deadline: float | None = None  # time.monotonic() after which the task should stop
+
+
+def runtime_of(job_context: JobContext) -> JobRuntime:
+    """The job's runtime state, created on first use."""
+    runtime = job_context.additional_context.get(RUNTIME_KEY)
+    if not isinstance(runtime, JobRuntime):
+        runtime = JobRuntime()
+        job_context.additional_context[RUNTIME_KEY] = runtime
+    return runtime
 
 
 class TaskContext:
     def __init__(self, job_context: JobContext) -> None:
         self._job_context = job_context
-        runtime = job_context.additional_context.get(RUNTIME_KEY)
-        self._runtime: JobRuntime = runtime if isinstance(runtime, JobRuntime) else JobRuntime()
+        self._runtime = runtime_of(job_context)
 
     @property
     def job_id(self) -> int:
@@ -88,14 +103,23 @@ class TaskContext:
         async with pool.connection() as conn, conn.transaction():
             yield conn
 
+    @property
+    def soft_time_limit_exceeded(self) -> bool:
+        deadline = self._runtime.soft_deadline
+        return deadline is not None and time.monotonic() >= deadline
+
     def should_abort(self) -> bool:
-        """True once an operator cancelled this running job (or the worker is shutting down)."""
-        return self._job_context.should_abort()
+        """True once an operator cancelled this running job, the worker is shutting down, or
+        the task's soft time limit has passed."""
+        return self._job_context.should_abort() or self.soft_time_limit_exceeded
 
     def raise_if_aborted(self) -> None:
-        """For sync tasks: stop here if the job was aborted. Async tasks are cancelled for you."""
-        if self.should_abort():
+        """Stop here if the job was aborted (``JobAborted``) or ran past its soft time limit
+        (``SoftTimeLimitExceeded``, which a task may catch to clean up)."""
+        if self._job_context.should_abort():
             raise JobAborted("the job was aborted")
+        if self.soft_time_limit_exceeded:
+            raise SoftTimeLimitExceeded("the task ran past its soft time limit")
 
     async def checkpoint(self) -> None:
         """For async tasks in long CPU-bound stretches: let an abort through."""

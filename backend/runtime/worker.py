@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
+import time
 import traceback
 from typing import Any, Literal
 
@@ -26,20 +27,13 @@ from psycopg.types.json import Jsonb
 
 from backend.queries import QUERIES
 from backend.registry import definition_of
-from backend.runtime.context import RUNTIME_KEY, JobRuntime
+from backend.runtime.context import runtime_of
+from backend.runtime.isolation import ChildTaskError, TimeLimitExceeded
 from backend.runtime.progress import Progress, ProgressReporter
 
 logger = logging.getLogger(__name__)
 
 TRACEBACK_LIMIT = 20_000  # characters kept per error
-
-
-def _runtime(context: JobContext) -> JobRuntime:
-    runtime = context.additional_context.get(RUNTIME_KEY)
-    if not isinstance(runtime, JobRuntime):
-        runtime = JobRuntime()
-        context.additional_context[RUNTIME_KEY] = runtime
-    return runtime
 
 
 class RateLimited(Exception):
@@ -53,7 +47,7 @@ class RateLimited(Exception):
 async def track_job(call_next: Any, context: JobContext, worker: Worker) -> Any:
     """Worker middleware: admit the job under its rate limit, give it a progress reporter,
     and remember what it raised."""
-    runtime = _runtime(context)
+    runtime = runtime_of(context)
     job_id = context.job.id
     connector = worker.app.connector
     definition = definition_of(worker.app, context.job.task_name)
@@ -75,7 +69,20 @@ async def track_job(call_next: Any, context: JobContext, worker: Worker) -> Any:
         )
 
     runtime.reporter = ProgressReporter(asyncio.get_running_loop(), write)
+    if definition and definition.soft_time_limit:
+        runtime.soft_deadline = time.monotonic() + definition.soft_time_limit
     try:
+        if definition and definition.time_limit and definition.is_async:
+            # Async tasks stop at the hard limit here; sync ones in their child process.
+            try:
+                async with asyncio.timeout(definition.time_limit) as deadline:
+                    return await call_next()
+            except TimeoutError:
+                if deadline.expired():
+                    raise TimeLimitExceeded(
+                        f"stopped after its hard time limit of {definition.time_limit:g} s"
+                    ) from None
+                raise
         return await call_next()
     except BaseException as exc:
         runtime.error = exc
@@ -101,6 +108,12 @@ def _error_params(error: BaseException | None) -> dict[str, Any]:
     if isinstance(error, asyncio.CancelledError | exceptions.JobAborted):
         return {"error_type": "JobAborted", "error_message": "the job was aborted",
                 "traceback": None}  # fmt: skip
+    if isinstance(error, ChildTaskError):
+        return {
+            "error_type": error.type_name,
+            "error_message": str(error),
+            "traceback": error.trace[-TRACEBACK_LIMIT:],
+        }
     trace = "".join(traceback.format_exception(error))
     return {
         "error_type": type(error).__qualname__,
@@ -156,8 +169,9 @@ class TaskhubWorker(Worker):
             await super()._persist_job_status(job, status, retry_decision, context, job_result)
             return
         assert job.id is not None
-        runtime = _runtime(context)
-        progress = await runtime.reporter.close() if runtime.reporter else None
+        runtime = runtime_of(context)
+        reporter = runtime.reporter
+        progress = await reporter.close() if isinstance(reporter, ProgressReporter) else None
         connector = self.app.connector
         if isinstance(runtime.error, RateLimited):
             # Over the rate limit: not a failure, and no attempt used up.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import threading
 import time
 import uuid
@@ -19,6 +20,7 @@ from backend.db import DictConnection
 from backend.policy import Retry
 from backend.registry import TaskBlueprint
 from backend.runtime.context import TaskContext
+from backend.runtime.isolation import SoftTimeLimitExceeded
 from backend.settings import Settings
 from backend.tasks import BLUEPRINTS
 from backend.waiting import wait_for_job
@@ -387,3 +389,90 @@ async def test_rate_limit_holds_across_three_workers(
     for first, sixth in zip(starts, starts[5:], strict=False):
         assert sixth - first >= 0.95, [round(s - starts[0], 3) for s in starts]
     assert starts[-1] - starts[0] < 6, "and the limit is used, not wasted"
+
+
+@blueprint.task(name="tests.busy_loop", time_limit=1, retry=1)
+def busy_loop() -> None:
+    while True:  # never checks anything: only a process can be stopped like this
+        pass
+
+
+@blueprint.task(name="tests.slow_async", time_limit=0.5)
+async def slow_async() -> None:
+    await asyncio.sleep(60)
+
+
+@blueprint.task(name="tests.polite", soft_time_limit=0.3, time_limit=10)
+def polite(ctx: TaskContext) -> str:
+    try:
+        for step in range(1, 1_000_000):
+            ctx.progress(done=step)
+            ctx.raise_if_aborted()
+            time.sleep(0.01)
+    except SoftTimeLimitExceeded:
+        return "cleaned up"
+    return "never"
+
+
+@blueprint.task(name="tests.isolated_progress", time_limit=10)
+def isolated_progress(args: Steps, ctx: TaskContext) -> dict[str, int]:
+    for step in range(1, args.steps + 1):
+        ctx.progress(done=step, total=args.steps, message=f"child step {step}")
+        time.sleep(args.pause)
+    return {"pid": os.getpid()}
+
+
+async def test_hard_time_limit_stops_a_sync_busy_loop_and_retries(
+    conn: DictConnection, settings: Settings, db_url: str
+) -> None:
+    job_id = await defer(conn, "tests.busy_loop")
+    async_id = await defer(conn, "tests.slow_async")
+    quick_polling = settings.model_copy(update={"fetch_polling_interval": 0.1})
+    began = time.monotonic()
+    async with running_worker(quick_polling, db_url, blueprints=ALL):
+        job = await finished(conn, job_id, within=20)
+        async_job = await finished(conn, async_id, within=20)
+    assert time.monotonic() - began < 15
+    assert job.state == jobs.JobState.FAILURE
+    assert [(error.attempt, error.type) for error in job.errors] == [
+        (1, "TimeLimitExceeded"),
+        (2, "TimeLimitExceeded"),
+    ]
+    assert async_job.state == jobs.JobState.FAILURE
+    assert async_job.last_error is not None
+    assert async_job.last_error.type == "TimeLimitExceeded"
+
+
+async def test_soft_time_limit_lets_the_task_clean_up(
+    conn: DictConnection, settings: Settings, db_url: str
+) -> None:
+    polite_id = await defer(conn, "tests.polite")
+    progress_id = await defer(conn, "tests.isolated_progress", {"steps": 3, "pause": 0.6})
+    async with running_worker(settings, db_url, blueprints=ALL):
+
+        async def reporting() -> bool:
+            job = await jobs.get_job(conn, progress_id)
+            return job.progress is not None and job.status == "doing"
+
+        await eventually(reporting)
+        polite_job = await finished(conn, polite_id)
+        progress_job = await finished(conn, progress_id)
+    assert (polite_job.state, polite_job.result) == (jobs.JobState.SUCCESS, "cleaned up")
+    assert progress_job.result["pid"] != os.getpid(), "it ran in a child process"
+    assert progress_job.progress is not None
+    assert progress_job.progress.message == "child step 3", "progress crosses the process"
+
+
+async def test_cancel_kills_an_isolated_sync_task(
+    conn: DictConnection, settings: Settings, db_url: str, client: httpx.AsyncClient
+) -> None:
+    job_id = await defer(conn, "tests.busy_loop")
+    async with running_worker(settings, db_url, blueprints=ALL):
+
+        async def running() -> bool:
+            return (await jobs.get_job(conn, job_id)).status == "doing"
+
+        await eventually(running)
+        assert (await client.post(f"/jobs/{job_id}/cancel")).status_code == 200
+        job = await finished(conn, job_id, within=5)
+    assert job.status == "aborted"

@@ -35,6 +35,8 @@ async def list_tasks(caller: Reader) -> list[TaskInfo]:
             queueing_lock=task.queueing_lock,
             retry=task.describe_retry(),
             rate_limit=str(task.rate_limit) if task.rate_limit else None,
+            time_limit=task.time_limit,
+            soft_time_limit=task.soft_time_limit,
             args_schema=task.args_model.model_json_schema(),
         )
         for task in sorted(all_tasks().values(), key=lambda task: task.name)
