@@ -105,3 +105,18 @@ class RateLimit:
     def __str__(self) -> str:
         unit = next(name for name, seconds in RATE_UNITS.items() if seconds == self.seconds)
         return f"{self.runs}/{unit}"
+
+
+def parse_rate_limits(value: str) -> dict[str, RateLimit]:
+    """``task=100/m,other.task=5/s`` (TASKHUB_RATE_LIMITS) by task name."""
+    limits: dict[str, RateLimit] = {}
+    for entry in (part.strip() for part in value.split(",")):
+        if not entry:
+            continue
+        task, separator, limit = entry.partition("=")
+        if not separator or not task.strip():
+            raise ValueError(
+                f"each entry must be task=limit, e.g. emails.send=100/m (got {entry!r})"
+            )
+        limits[task.strip()] = RateLimit.parse(limit)
+    return limits

@@ -7,6 +7,7 @@ rolled-back job never wakes a worker.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import functools
 import math
@@ -157,7 +158,14 @@ def build_task_app(
     )
     app = procrastinate.App(connector=connector)
     app.job_manager = TaskhubJobManager(connector)  # fetches skip paused queues
-    for definition in (task for blueprint in blueprints for task in blueprint):
+    overrides = settings.rate_limit_overrides()
+    for declared in (task for blueprint in blueprints for task in blueprint):
+        # An operator's TASKHUB_RATE_LIMITS entry replaces the declared limit.
+        definition = (
+            dataclasses.replace(declared, rate_limit=overrides[declared.name])
+            if declared.name in overrides
+            else declared
+        )
         task = app.task(
             name=definition.name,
             queue=definition.queue,

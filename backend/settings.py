@@ -15,6 +15,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from backend.auth import ApiToken, generated_admin_token, parse_tokens
 from backend.errors import SettingsError
+from backend.policy import RateLimit, parse_rate_limits
 
 
 class Settings(BaseSettings):
@@ -60,6 +61,10 @@ class Settings(BaseSettings):
     )
     log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$")
 
+    rate_limits: str = Field(
+        default="",
+        description="Rate limits set or replaced by operators: task=100/m,other.task=5/s.",
+    )
     tokens: str = Field(
         default="",
         repr=False,
@@ -82,6 +87,15 @@ class Settings(BaseSettings):
                 "a live worker would otherwise lose its jobs"
             )
         return value
+
+    @field_validator("rate_limits")
+    @classmethod
+    def _check_rate_limits(cls, value: str) -> str:
+        parse_rate_limits(value)
+        return value
+
+    def rate_limit_overrides(self) -> dict[str, RateLimit]:
+        return parse_rate_limits(self.rate_limits)
 
     @field_validator("tokens")
     @classmethod

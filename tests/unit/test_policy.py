@@ -7,7 +7,7 @@ import datetime
 import pytest
 from procrastinate.jobs import Job
 
-from backend.policy import Priority, RateLimit, Retry
+from backend.policy import Priority, RateLimit, Retry, parse_rate_limits
 from backend.registry import TaskBlueprint
 
 
@@ -109,3 +109,13 @@ def test_rate_limits_parse(text: str, runs: int, seconds: float) -> None:
 def test_bad_rate_limits_are_refused(text: str) -> None:
     with pytest.raises(ValueError, match="write it as 100/m"):
         RateLimit.parse(text)
+
+
+def test_operators_rate_limits_parse() -> None:
+    limits = parse_rate_limits(" emails.send=100/m , taskhub.ping=5/s,")
+    assert {name: str(limit) for name, limit in limits.items()} == {
+        "emails.send": "100/m",
+        "taskhub.ping": "5/s",
+    }
+    with pytest.raises(ValueError, match="task=limit"):
+        parse_rate_limits("5/s")

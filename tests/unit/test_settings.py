@@ -180,3 +180,11 @@ def test_rescue_after_must_outlast_two_heartbeats(monkeypatch: pytest.MonkeyPatc
         load_settings()
     monkeypatch.setenv("TASKHUB_RESCUE_AFTER", "20")
     assert load_settings().rescue_after == 20
+
+
+def test_rate_limit_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TASKHUB_RATE_LIMITS", "taskhub.ping=5/s")
+    assert str(load_settings().rate_limit_overrides()["taskhub.ping"]) == "5/s"
+    monkeypatch.setenv("TASKHUB_RATE_LIMITS", "taskhub.ping=fast")
+    with pytest.raises(SettingsError, match="TASKHUB_RATE_LIMITS"):
+        load_settings()

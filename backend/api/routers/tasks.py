@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 
 from backend.api.deps import Reader
 from backend.api.schemas import UNAUTHENTICATED, TaskInfo, ok_response
@@ -22,9 +22,10 @@ PING = TaskInfo.model_json_schema()["examples"][0]
         **UNAUTHENTICATED,
     },
 )
-async def list_tasks(caller: Reader) -> list[TaskInfo]:
+async def list_tasks(caller: Reader, request: Request) -> list[TaskInfo]:
     """Every task a job can be deferred for, with its default queue, priority, locks and retry
     policy, and the JSON schema `args` must match in `POST /jobs`."""
+    overrides = request.app.state.settings.rate_limit_overrides()
     return [
         TaskInfo(
             name=task.name,
@@ -34,7 +35,7 @@ async def list_tasks(caller: Reader) -> list[TaskInfo]:
             lock=task.lock,
             queueing_lock=task.queueing_lock,
             retry=task.describe_retry(),
-            rate_limit=str(task.rate_limit) if task.rate_limit else None,
+            rate_limit=str(limit) if (limit := overrides.get(task.name, task.rate_limit)) else None,
             time_limit=task.time_limit,
             soft_time_limit=task.soft_time_limit,
             args_schema=task.args_model.model_json_schema(),
