@@ -17,6 +17,7 @@ from typing import Any, TextIO
 
 import psycopg
 from procrastinate.exceptions import ConnectorException
+from procrastinate.jobs import Job
 from psycopg.rows import dict_row
 
 from backend import jobs, migrate, queue, queues
@@ -394,17 +395,15 @@ def _defer(settings: Settings, args: argparse.Namespace) -> None:
             "queueing_lock": args.queueing_lock,
         }
     )
-    task = queue.get_task(request.task)
-    queue.make_job(task, request.args, **request.options())
-    with database_url(settings) as url, psycopg.connect(url, row_factory=dict_row) as conn:
-        job_id = queue.defer_sync(conn, task, request.args, **request.options())
-        conn.commit()
-        job = asyncio.run(_read_job(url, job_id))
-    print(job.model_dump_json(indent=2))
+    job = queue.make_job(queue.get_task(request.task), request.args, **request.options())
+    with database_url(settings) as url:
+        print(asyncio.run(_insert_and_read(url, job)).model_dump_json(indent=2))
 
 
-async def _read_job(url: str, job_id: int) -> jobs.JobView:
-    async with await psycopg.AsyncConnection.connect(url, row_factory=dict_row) as conn:
+async def _insert_and_read(url: str, job: Job) -> jobs.JobView:
+    async with await _connect(url) as conn:
+        async with conn.transaction():
+            [job_id] = await queue.insert_jobs(conn, [job])
         return await jobs.get_job(conn, job_id)
 
 
@@ -426,11 +425,6 @@ def _shorten(text: str, width: int) -> str:
     """One line of at most ``width`` characters, so a table row stays a row."""
     flat = " ".join(text.split())
     return flat if len(flat) <= width else flat[: width - 3].rstrip() + "..."
-
-
-def _aborting(job: jobs.JobSummary) -> bool:
-    """procrastinate sets abort_requested on cancelled jobs too; it only matters while running."""
-    return job.abort_requested and job.status == jobs.JobStatus.doing
 
 
 def _attempts(count: int) -> str:
@@ -465,7 +459,7 @@ def live_line(job: jobs.JobSummary) -> str:
             line += f" (scheduled for {_when(job.scheduled_at)})"
     else:
         line = f"{job.state.value}: running, no progress reported"
-    return line + (" (abort requested)" if _aborting(job) else "")
+    return line + (" (abort requested)" if job.abort_requested else "")
 
 
 def final_line(job: jobs.JobSummary) -> str:
@@ -530,7 +524,7 @@ def describe_job(job: jobs.JobView, *, full: bool = True) -> str:
     fields += [("started", _when(job.started_at)), ("finished", _when(job.finished_at))]
     if job.worker_id is not None:
         fields.append(("worker", str(job.worker_id)))
-    if _aborting(job):
+    if job.abort_requested:
         fields.append(("abort", "requested; the task stops at its next check"))
     if job.progress is not None:
         fields.append(("progress", progress_line(job.progress)))

@@ -248,7 +248,11 @@ async def batch_defer(
     conn: AsyncConnection[Any], task: TaskDefinition[Any], many_args: Iterable[Args], **options: Any
 ) -> list[int]:
     """Enqueue many jobs of one task in a single statement on ``conn``."""
-    jobs = [make_job(task, args, **options) for args in many_args]
+    return await insert_jobs(conn, [make_job(task, args, **options) for args in many_args])
+
+
+async def insert_jobs(conn: AsyncConnection[Any], jobs: list[Job]) -> list[int]:
+    """Insert jobs built (and validated) by :func:`make_job`, in one statement on ``conn``."""
     try:
         deferred = await _job_manager().batch_defer_jobs_async(jobs, connection=conn)
     except procrastinate_exceptions.AlreadyEnqueued as exc:

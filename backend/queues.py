@@ -26,15 +26,18 @@ class QueueInfo(BaseModel):
 
 
 async def list_queues(conn: DictConnection) -> list[QueueInfo]:
-    cursor = await conn.execute(QUERIES["list_queues"])
+    return await _queues(conn, None)
+
+
+async def _queues(conn: DictConnection, name: str | None) -> list[QueueInfo]:
+    cursor = await conn.execute(QUERIES["list_queues"], {"queue": name})
     return [QueueInfo.model_validate(row) for row in await cursor.fetchall()]
 
 
 async def get_queue(conn: DictConnection, name: str) -> QueueInfo:
     """A queue's figures; an unknown queue is simply empty (queues exist by use)."""
-    for queue in await list_queues(conn):
-        if queue.name == name:
-            return queue
+    for queue in await _queues(conn, name):
+        return queue
     return QueueInfo(
         name=name, todo=0, doing=0, succeeded=0, failed=0, cancelled=0,
         oldest_todo_at=None, paused=False, paused_at=None, paused_by=None,

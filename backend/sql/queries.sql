@@ -285,7 +285,8 @@ SELECT id, status, task_name, priority, lock, queueing_lock, args, scheduled_at,
   FROM taskhub.fetch_job(%(queues)s::varchar[], %(worker_id)s);
 
 -- list_queues --
--- Every queue that has jobs or is paused: jobs per status, the oldest waiting job's age.
+-- Every queue that has jobs or is paused (or just the one named): jobs per status, the oldest
+-- waiting job's age.
 WITH counts AS (
     SELECT queue_name,
            count(*) FILTER (WHERE status = 'todo') AS todo,
@@ -295,6 +296,7 @@ WITH counts AS (
            count(*) FILTER (WHERE status IN ('cancelled', 'aborted')) AS cancelled,
            min(id) FILTER (WHERE status = 'todo') AS oldest_todo
       FROM procrastinate_jobs
+     WHERE %(queue)s::text IS NULL OR queue_name = %(queue)s
      GROUP BY queue_name
 )
 SELECT coalesce(counts.queue_name, paused.queue_name) AS name,
@@ -309,7 +311,9 @@ SELECT coalesce(counts.queue_name, paused.queue_name) AS name,
        paused.paused_at,
        paused.paused_by
   FROM counts
-  FULL JOIN taskhub.paused_queues paused ON paused.queue_name = counts.queue_name
+  FULL JOIN (SELECT * FROM taskhub.paused_queues
+              WHERE %(queue)s::text IS NULL OR queue_name = %(queue)s) paused
+    ON paused.queue_name = counts.queue_name
  ORDER BY name;
 
 -- pause_queue --

@@ -89,6 +89,8 @@ async def test_cancel_a_waiting_job(client: httpx.AsyncClient, conn: DictConnect
     response = await client.post(f"/jobs/{job_id}/cancel")
     assert response.status_code == 200
     assert (response.json()["status"], response.json()["state"]) == ("cancelled", "REVOKED")
+    # procrastinate flags the waiting jobs it cancels as abort-requested; only running jobs abort.
+    assert response.json()["abort_requested"] is False
     again = await client.post(f"/jobs/{job_id}/cancel")
     assert again.status_code == 409
     assert "cancelled" in again.json()["detail"]

@@ -82,7 +82,7 @@ def _request_hash(body: DeferRequest) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-async def _replay(conn: DictConnection, actor: str, key: str, body: DeferRequest) -> int | None:
+async def _replay(conn: DictConnection, actor: str, key: str, request_hash: str) -> int | None:
     """The job an earlier request with this key created, if any; waits for a concurrent one."""
     params = {"actor": actor, "key": key}
     await conn.execute(QUERIES["lock_idempotency_key"], params)
@@ -90,7 +90,7 @@ async def _replay(conn: DictConnection, actor: str, key: str, body: DeferRequest
     row = await cursor.fetchone()
     if row is None:
         return None
-    if row["request_hash"] != _request_hash(body):
+    if row["request_hash"] != request_hash:
         raise IdempotencyConflict(
             f"Idempotency-Key {key!r} was already used with a different request"
         )
@@ -189,8 +189,9 @@ async def create_job(
     scope.
     """
     task = queue.get_task(body.task)
+    request_hash = _request_hash(body) if idempotency_key is not None else ""
     if idempotency_key is not None:
-        replayed = await _replay(conn, caller.name, idempotency_key, body)
+        replayed = await _replay(conn, caller.name, idempotency_key, request_hash)
         if replayed is not None:
             response.status_code = status.HTTP_200_OK
             response.headers["Idempotent-Replayed"] = "true"
@@ -202,7 +203,7 @@ async def create_job(
             {
                 "actor": caller.name,
                 "key": idempotency_key,
-                "request_hash": _request_hash(body),
+                "request_hash": request_hash,
                 "job_id": job_id,
             },
         )
