@@ -1,4 +1,4 @@
-"""Execution policy declared next to a task: priority tiers and retry with backoff.
+"""Execution policy declared next to a task: priority tiers, retry with backoff, schedules.
 
 The seeds' policies, one line each::
 
@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
 
+import croniter
 from procrastinate.jobs import Job
 from procrastinate.retry import BaseRetryStrategy, RetryDecision
 
@@ -120,3 +121,29 @@ def parse_rate_limits(value: str) -> dict[str, RateLimit]:
             )
         limits[task.strip()] = RateLimit.parse(limit)
     return limits
+
+
+def check_cron(cron: str) -> str:
+    """A cron expression croniter accepts (5 fields, or 6 with seconds last), else ValueError."""
+    if not croniter.croniter.is_valid(cron):
+        raise ValueError(
+            f"{cron!r} is not a cron expression (minute hour day month weekday, e.g. '0 3 * * *')"
+        )
+    return cron
+
+
+def parse_schedules(value: str) -> dict[str, str | None]:
+    """``task=0 3 * * *;other.task=off`` (TASKHUB_SCHEDULES): cron by task name, None for off."""
+    schedules: dict[str, str | None] = {}
+    for entry in (part.strip() for part in value.split(";")):
+        if not entry:
+            continue
+        task, separator, cron = entry.partition("=")
+        if not separator or not task.strip():
+            raise ValueError(
+                f"each entry must be task=cron or task=off, e.g. taskhub.backup_database=0 2 * * * "
+                f"(got {entry!r})"
+            )
+        cron = " ".join(cron.split())
+        schedules[task.strip()] = None if cron.lower() == "off" else check_cron(cron)
+    return schedules

@@ -6,6 +6,7 @@ Every setting reads an environment variable with the ``TASKHUB_`` prefix, except
 
 from __future__ import annotations
 
+import zoneinfo
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -15,7 +16,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from backend.auth import ApiToken, generated_admin_token, parse_tokens
 from backend.errors import SettingsError
-from backend.policy import RateLimit, parse_rate_limits
+from backend.policy import RateLimit, parse_rate_limits, parse_schedules
 
 
 class Settings(BaseSettings):
@@ -70,11 +71,49 @@ class Settings(BaseSettings):
         repr=False,
         description="API tokens: comma-separated [name=]scope:token (scopes read, operate, admin).",
     )
-    result_retention_days: float = Field(
-        default=7, gt=0, description="Days results and progress of finished jobs are kept."
+    succeeded_retention_days: float = Field(
+        default=7,
+        gt=0,
+        description="Days succeeded, cancelled and aborted jobs are kept (with their events, "
+        "progress, result and errors) before pruning deletes them.",
     )
-    failed_error_retention_days: float = Field(
-        default=30, gt=0, description="Days the errors of failed jobs are kept."
+    failed_retention_days: float = Field(
+        default=30, gt=0, description="Days failed jobs are kept before pruning deletes them."
+    )
+    prune_batch_size: int = Field(
+        default=5_000, ge=1, le=1_000_000, description="Jobs deleted per pruning transaction."
+    )
+
+    timezone: str = Field(
+        default="UTC", description="IANA timezone the cron schedules run in (e.g. Asia/Riyadh)."
+    )
+    schedule_catch_up: float = Field(
+        default=600,
+        ge=0,
+        le=366 * 86_400,
+        description="After downtime, a schedule's latest missed tick still runs if it is at "
+        "most this many seconds late; older ticks are skipped. 0 skips every missed tick.",
+    )
+    schedules: str = Field(
+        default="",
+        description="Cron schedules set, replaced or turned off by operators: "
+        "task=cron;other.task=off (';' separates entries, cron fields keep their spaces).",
+    )
+
+    backup_dir: Path | None = Field(
+        default=None, description="Where backups are written; <data_dir>/backups when unset."
+    )
+    backup_keep: int = Field(
+        default=7, ge=1, le=100_000, description="Successful backups always kept (the newest)."
+    )
+    backup_keep_days: float = Field(
+        default=0,
+        ge=0,
+        description="Also keep every backup younger than this many days (0: count only).",
+    )
+    pg_bin_dir: Path | None = Field(
+        default=None,
+        description="Directory with pg_dump and pg_restore; found automatically when unset.",
     )
 
     @field_validator("rescue_after")
@@ -87,6 +126,32 @@ class Settings(BaseSettings):
                 "a live worker would otherwise lose its jobs"
             )
         return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _check_timezone(cls, value: str) -> str:
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError("is not an IANA timezone name (e.g. UTC, Asia/Riyadh)") from None
+        return value
+
+    def tzinfo(self) -> zoneinfo.ZoneInfo:
+        return zoneinfo.ZoneInfo(self.timezone)
+
+    @field_validator("schedules")
+    @classmethod
+    def _check_schedules(cls, value: str) -> str:
+        parse_schedules(value)
+        return value
+
+    def schedule_overrides(self) -> dict[str, str | None]:
+        """Operators' cron per task name; None turns a schedule off."""
+        return parse_schedules(self.schedules)
+
+    @property
+    def backups_path(self) -> Path:
+        return (self.backup_dir or self.data_dir / "backups").resolve()
 
     @field_validator("rate_limits")
     @classmethod

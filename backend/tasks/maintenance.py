@@ -33,8 +33,8 @@ async def prune_job_data(args: PeriodicArgs, ctx: TaskContext) -> PruneReport:
     dead processes; in batches, each its own short transaction, so workers never wait on it."""
     settings = ctx.settings
     params = {
-        "age_seconds": settings.result_retention_days * DAY,
-        "failed_age_seconds": settings.failed_error_retention_days * DAY,
+        "age_seconds": settings.succeeded_retention_days * DAY,
+        "failed_age_seconds": settings.failed_retention_days * DAY,
         "batch": BATCH,
     }
     report = PruneReport()
