@@ -20,7 +20,7 @@ from procrastinate.exceptions import ConnectorException
 from procrastinate.jobs import Job
 from psycopg.rows import dict_row
 
-from backend import jobs, migrate, queue, queues
+from backend import jobs, migrate, queue, queues, schedules
 from backend.auth import parse_tokens
 from backend.db import DictConnection, check_database, database_url, describe_database
 from backend.errors import TaskhubError
@@ -175,6 +175,39 @@ def _queues_command(settings: Settings, args: argparse.Namespace) -> int:
         return asyncio.run(_queues_action(url, args))
 
 
+def schedules_table(rows: Sequence[schedules.ScheduleView]) -> str:
+    header = f"{'TASK':<32} {'CRON':<16} {'NEXT RUN':<26} LAST RUN"
+    lines = [header]
+    for row in rows:
+        cron = row.cron or "off"
+        next_run = f"{row.next_run_at:%Y-%m-%d %H:%M:%S %Z}" if row.next_run_at else ""
+        last = row.last_run
+        if last is None:
+            last_run = "never"
+        else:
+            job = f"job {last.job_id} {last.status}" if last.job_id else "job pruned"
+            tick = last.tick_at.astimezone(row.next_run_at.tzinfo if row.next_run_at else None)
+            last_run = f"{tick:%Y-%m-%d %H:%M:%S}: {job}"
+        lines.append(f"{row.task:<32} {cron:<16} {next_run:<26} {last_run}")
+    return "\n".join(lines) if rows else "no schedules"
+
+
+def _schedules_command(settings: Settings) -> int:
+    """``taskhub schedules``: the table, in TASKHUB_TIMEZONE."""
+
+    async def show(url: str) -> None:
+        async with await _connect(url) as conn:
+            rows = await schedules.list_schedules(conn, settings)
+        print(f"timezone {settings.timezone}")
+        print(schedules_table(rows))
+
+    schedules.configured_schedules(settings)  # a bad TASKHUB_SCHEDULES, before any connection
+    with database_url(settings) as url:
+        check_database(url)
+        asyncio.run(show(url))
+    return 0
+
+
 def _add_jobs_parser(
     commands: argparse._SubParsersAction[argparse.ArgumentParser],
 ) -> None:
@@ -285,6 +318,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_jobs_parser(commands)
     _add_queues_parser(commands)
+    commands.add_parser(
+        "schedules",
+        help="periodic tasks: cron, timezone, next run, last run",
+        description="Periodic tasks, built-in maintenance included (TASKHUB_TIMEZONE, "
+        "TASKHUB_SCHEDULES).",
+    )
     return parser
 
 
@@ -685,6 +724,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _jobs(settings, args)
         elif args.command == "queues":
             return _queues_command(settings, args)
+        elif args.command == "schedules":
+            return _schedules_command(settings)
     except TaskhubError as exc:
         print(f"taskhub: error: {exc.message}", file=sys.stderr)
         return exc.exit_code

@@ -33,6 +33,7 @@ from pydantic import (
 from backend.errors import AlreadyQueued, UnknownTask
 from backend.registry import TaskBlueprint, TaskDefinition, describe_validation_error
 from backend.runtime.manager import TaskhubJobManager
+from backend.schedules import configured_schedules
 from backend.settings import Settings
 from backend.tasks import BLUEPRINTS, all_tasks
 
@@ -159,6 +160,7 @@ def build_task_app(
     app = procrastinate.App(connector=connector)
     app.job_manager = TaskhubJobManager(connector)  # fetches skip paused queues
     overrides = settings.rate_limit_overrides()
+    periodic_tasks: dict[str, procrastinate.tasks.Task[Any, Any, Any]] = {}
     for declared in (task for blueprint in blueprints for task in blueprint):
         # An operator's TASKHUB_RATE_LIMITS entry replaces the declared limit.
         definition = (
@@ -175,8 +177,12 @@ def build_task_app(
             queueing_lock=definition.queueing_lock,
             pass_context=True,
         )(definition.procrastinate_function())
-        if definition.cron:
-            app.periodic(cron=definition.cron, periodic_id=definition.name)(task)
+        periodic_tasks[definition.name] = task
+    for schedule in configured_schedules(settings, blueprints):
+        if schedule.cron:  # ticks computed in TASKHUB_TIMEZONE by the worker's ZonedDeferrer
+            app.periodic(cron=schedule.cron, periodic_id=schedule.task_name)(
+                periodic_tasks[schedule.task_name]
+            )
     return app
 
 

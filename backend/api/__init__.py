@@ -11,10 +11,11 @@ from fastapi import FastAPI
 from backend.api.errors import install_error_handlers
 from backend.api.middleware import BodySizeLimit
 from backend.api.openapi import TaskhubAPI
-from backend.api.routers import health, jobs, queues, tasks
+from backend.api.routers import health, jobs, queues, schedules, tasks
 from backend.api.schemas import MAX_BODY_BYTES
 from backend.db import create_pool
 from backend.errors import SettingsError
+from backend.schedules import configured_schedules
 from backend.settings import Settings, load_settings
 from backend.waiting import JobWatcher
 
@@ -32,6 +33,7 @@ TAGS: list[dict[str, Any]] = [
     {"name": "jobs", "description": "Enqueue, list, read, wait for, cancel and retry jobs."},
     {"name": "tasks", "description": "The registered tasks and the arguments they take."},
     {"name": "queues", "description": "Jobs per queue; pause and resume a queue."},
+    {"name": "schedules", "description": "Periodic tasks: next tick, last run."},
     {"name": "health", "description": "Whether the API and its database can serve."},
 ]
 
@@ -39,6 +41,7 @@ TAGS: list[dict[str, Any]] = [
 def create_app(settings: Settings | None = None, database_url: str | None = None) -> FastAPI:
     """Build the API. The lifespan opens the pool without waiting, so /health can say 503."""
     settings = settings or load_settings()
+    configured_schedules(settings)  # refuse a bad TASKHUB_SCHEDULES at start, not per request
     url = database_url or settings.database_url
     if not url:
         raise SettingsError(
@@ -71,5 +74,5 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
     app.add_middleware(BodySizeLimit, max_bytes=MAX_BODY_BYTES)
     install_error_handlers(app)
 
-    app.include_routers(health.router, tasks.router, jobs.router, queues.router)
+    app.include_routers(health.router, tasks.router, jobs.router, queues.router, schedules.router)
     return app

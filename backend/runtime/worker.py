@@ -5,7 +5,8 @@ nothing of what the task returned or raised. ``TaskhubWorker`` replaces that one
 one statement that also writes the job's last progress report, its JSON result and the
 attempt's error (type, message, traceback), so the outcome and the status commit together.
 
-It also keeps a NOTIFY that arrives during a fetch (:class:`WakeEvent`). Both touch private
+It also keeps a NOTIFY that arrives during a fetch (:class:`WakeEvent`) and runs the periodic
+deferrer in TASKHUB_TIMEZONE (``_periodic_deferrer``). These touch private
 parts of procrastinate's worker (``_persist_job_status``, ``_new_job_event``):
 tests/unit/test_worker_extension.py pins them to the procrastinate version range in
 pyproject.toml, and the integration tests pin the behaviour.
@@ -20,16 +21,17 @@ import time
 import traceback
 from typing import Any, Literal
 
-from procrastinate import JobContext, exceptions, jobs, retry
+from procrastinate import JobContext, exceptions, jobs, periodic, retry
 from procrastinate.job_context import AbortReason, JobResult
 from procrastinate.worker import Worker
 from psycopg.types.json import Jsonb
 
 from backend.queries import QUERIES
 from backend.registry import definition_of
-from backend.runtime.context import runtime_of
+from backend.runtime.context import SETTINGS_KEY, runtime_of
 from backend.runtime.isolation import ChildTaskError, TimeLimitExceeded
 from backend.runtime.progress import Progress, ProgressReporter
+from backend.schedules import ZonedDeferrer
 
 logger = logging.getLogger(__name__)
 
@@ -155,6 +157,14 @@ class TaskhubWorker(Worker):
         options["worker_middleware"] = [track_job, *(options.get("worker_middleware") or [])]
         super().__init__(**options)
         self._new_job_event = WakeEvent()
+
+    async def _periodic_deferrer(self) -> None:
+        """procrastinate's periodic deferrer, with cron in TASKHUB_TIMEZONE (see schedules)."""
+        settings = (self.additional_context or {}).get(SETTINGS_KEY)
+        timezone = settings.tzinfo() if settings else datetime.UTC
+        catch_up = settings.schedule_catch_up if settings else periodic.MAX_DELAY
+        deferrer = ZonedDeferrer(self.app.periodic_registry, timezone=timezone, catch_up=catch_up)
+        await deferrer.worker()
 
     async def _persist_job_status(
         self,

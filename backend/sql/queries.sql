@@ -343,3 +343,13 @@ UPDATE procrastinate_jobs
    SET status = 'todo', scheduled_at = %(retry_at)s
  WHERE id = %(job_id)s AND status = 'doing' AND worker_id = %(worker_id)s
 RETURNING id;
+
+-- last_schedule_runs --
+-- The latest tick each schedule deferred (procrastinate keeps only that one), with its job.
+SELECT DISTINCT ON (defers.task_name)
+       defers.task_name, defers.defer_timestamp, defers.job_id, job.status,
+       job.started_at, job.finished_at
+  FROM procrastinate_periodic_defers defers
+  LEFT JOIN taskhub.job_overview job ON job.id = defers.job_id
+ WHERE defers.task_name = ANY(%(tasks)s::varchar[]) AND defers.periodic_id = defers.task_name
+ ORDER BY defers.task_name, defers.defer_timestamp DESC;

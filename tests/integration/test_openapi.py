@@ -166,7 +166,13 @@ def test_document_is_valid_openapi_3_1() -> None:
     assert DOCUMENT["openapi"].startswith("3.1.")
     schema.validate()  # against the OpenAPI 3.1 meta-schema
     assert DOCUMENT["info"]["description"]
-    assert {tag["name"] for tag in DOCUMENT["tags"]} == {"jobs", "tasks", "queues", "health"}
+    assert {tag["name"] for tag in DOCUMENT["tags"]} == {
+        "jobs",
+        "tasks",
+        "queues",
+        "schedules",
+        "health",
+    }
 
 
 async def test_the_live_app_serves_the_document(client: httpx.AsyncClient) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import inspect
 
 from procrastinate import JobContext
+from procrastinate.periodic import PeriodicDeferrer
 from procrastinate.worker import Worker
 
 from backend.runtime.worker import TaskhubWorker, WakeEvent
@@ -53,3 +54,15 @@ async def test_a_wake_up_during_a_fetch_survives_the_clear_after_it() -> None:
     assert await event.wait()
     event.clear()  # that fetch saw everything: now it may clear
     assert not event.is_set()
+
+
+def test_the_periodic_deferrer_is_started_through_the_method_we_override() -> None:
+    assert "self._periodic_deferrer()" in inspect.getsource(Worker._start_side_tasks)
+    assert inspect.iscoroutinefunction(Worker._periodic_deferrer)
+
+
+def test_the_deferrer_methods_we_override_are_the_ones_its_loop_calls() -> None:
+    source = inspect.getsource(PeriodicDeferrer.worker)
+    assert "self.get_previous_tasks(at=now)" in source
+    assert "self.get_next_tick(at=now)" in source
+    assert "self.last_defers" in inspect.getsource(PeriodicDeferrer.__init__)
