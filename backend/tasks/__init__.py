@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 from backend.registry import TaskBlueprint, TaskDefinition
-from backend.tasks import builtin, hooks, maintenance
+from backend.tasks import backups, builtin, hooks, maintenance
 
-BLUEPRINTS: tuple[TaskBlueprint, ...] = (builtin.blueprint, hooks.blueprint, maintenance.blueprint)
+BLUEPRINTS: tuple[TaskBlueprint, ...] = (
+    builtin.blueprint,
+    hooks.blueprint,
+    maintenance.blueprint,
+    backups.blueprint,
+)
 
 
 def all_tasks() -> dict[str, TaskDefinition]:  # type: ignore[type-arg]

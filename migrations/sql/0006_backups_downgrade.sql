@@ -1,1 +1,2 @@
--- (filled in by the backups and alert events work)
+DROP TABLE IF EXISTS taskhub.alert_events;
+DROP TABLE IF EXISTS taskhub.backups;
