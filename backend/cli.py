@@ -20,7 +20,7 @@ from procrastinate.exceptions import ConnectorException
 from procrastinate.jobs import Job
 from psycopg.rows import dict_row
 
-from backend import jobs, migrate, queue, queues, schedules
+from backend import backups, jobs, migrate, queue, queues, schedules
 from backend.auth import parse_tokens
 from backend.db import DictConnection, check_database, database_url, describe_database
 from backend.errors import TaskhubError
@@ -208,6 +208,39 @@ def _schedules_command(settings: Settings) -> int:
     return 0
 
 
+def backups_table(rows: Sequence[backups.BackupRecord]) -> str:
+    header = f"{'ID':>5} {'STARTED (UTC)':<20} {'STATUS':<10} {'SIZE':>10} {'SECONDS':>8} FILE"
+    lines = [header]
+    for row in rows:
+        size = f"{row.size_bytes / 1_048_576:.1f} MiB" if row.size_bytes is not None else ""
+        seconds = f"{row.duration_seconds:.1f}" if row.duration_seconds is not None else ""
+        started = row.started_at.astimezone(datetime.UTC)
+        where = row.error if row.status == "failed" else row.path or ""
+        if row.deleted_at:
+            where = f"{where} (deleted by retention)"
+        lines.append(
+            f"{row.id:>5} {started:%Y-%m-%d %H:%M:%S} {row.status:<10} {size:>10} "
+            f"{seconds:>8} {where}"
+        )
+    return "\n".join(lines) if rows else "no backups yet"
+
+
+def _backups_command(settings: Settings, args: argparse.Namespace) -> int:
+    async def show(url: str) -> None:
+        async with await _connect(url) as conn:
+            rows = await backups.list_backups(conn, limit=args.limit)
+        if args.json:
+            for row in rows:
+                print(row.model_dump_json())
+        else:
+            print(backups_table(rows))
+
+    with database_url(settings) as url:
+        check_database(url)
+        asyncio.run(show(url))
+    return 0
+
+
 def _add_jobs_parser(
     commands: argparse._SubParsersAction[argparse.ArgumentParser],
 ) -> None:
@@ -324,6 +357,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Periodic tasks, built-in maintenance included (TASKHUB_TIMEZONE, "
         "TASKHUB_SCHEDULES).",
     )
+    backups_cmd = commands.add_parser(
+        "backups",
+        help="recent backup runs: file, size, duration, status",
+        description="Runs of taskhub.backup_database, newest first (defer it to back up now).",
+    )
+    backups_cmd.add_argument("--limit", type=_positive, default=20, help="runs shown (20)")
+    backups_cmd.add_argument("--json", action="store_true", help="JSON lines")
     return parser
 
 
@@ -726,6 +766,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _queues_command(settings, args)
         elif args.command == "schedules":
             return _schedules_command(settings)
+        elif args.command == "backups":
+            return _backups_command(settings, args)
     except TaskhubError as exc:
         print(f"taskhub: error: {exc.message}", file=sys.stderr)
         return exc.exit_code

@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from backend.api.errors import install_error_handlers
 from backend.api.middleware import BodySizeLimit
 from backend.api.openapi import TaskhubAPI
-from backend.api.routers import health, jobs, queues, schedules, tasks
+from backend.api.routers import backups, health, jobs, queues, schedules, tasks
 from backend.api.schemas import MAX_BODY_BYTES
 from backend.db import create_pool
 from backend.errors import SettingsError
@@ -34,6 +34,7 @@ TAGS: list[dict[str, Any]] = [
     {"name": "tasks", "description": "The registered tasks and the arguments they take."},
     {"name": "queues", "description": "Jobs per queue; pause and resume a queue."},
     {"name": "schedules", "description": "Periodic tasks: next tick, last run."},
+    {"name": "backups", "description": "The database's own backups: runs, files, failures."},
     {"name": "health", "description": "Whether the API and its database can serve."},
 ]
 
@@ -74,5 +75,12 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
     app.add_middleware(BodySizeLimit, max_bytes=MAX_BODY_BYTES)
     install_error_handlers(app)
 
-    app.include_routers(health.router, tasks.router, jobs.router, queues.router, schedules.router)
+    app.include_routers(
+        health.router,
+        tasks.router,
+        jobs.router,
+        queues.router,
+        schedules.router,
+        backups.router,
+    )
     return app

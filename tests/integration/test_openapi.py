@@ -171,6 +171,7 @@ def test_document_is_valid_openapi_3_1() -> None:
         "tasks",
         "queues",
         "schedules",
+        "backups",
         "health",
     }
 
