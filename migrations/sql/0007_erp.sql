@@ -1,0 +1,1 @@
+-- (filled in by the ERP sync example tables work)

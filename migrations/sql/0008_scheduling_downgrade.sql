@@ -1,0 +1,1 @@
+-- (filled in by the external schedule sync example tables work)
