@@ -1,0 +1,103 @@
+"""The schedule sync with real processes: `taskhub api`, `taskhub worker`, and the stand-in
+scheduling API served for real, which fails twice before it answers."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+from psycopg.rows import dict_row
+
+from backend.standins.scheduling import Fault, SchedulingStandin
+from backend.standins.server import serving
+from tests.conftest import OPERATE_TOKEN, bearer
+from tests.e2e.conftest import TaskhubProcess, clean_env, free_port, job_row
+
+pytestmark = pytest.mark.e2e
+
+REMOTE_TOKEN = "remote-scheduling-token-0123456789"
+
+
+def run_through_retries(db_url: str, job_id: int, timeout: float = 60) -> dict[str, object]:
+    """Wait for the job to end, cutting each retry's backoff short (scheduled_at moved to
+    now: the test does not wait the policy's 60 s and 120 s)."""
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(db_url, row_factory=dict_row, autocommit=True) as conn:
+        while (row := job_row(db_url, job_id))["status"] not in ("succeeded", "failed"):
+            conn.execute(
+                "UPDATE procrastinate_jobs SET scheduled_at = now()"
+                " WHERE id = %s AND status = 'todo' AND scheduled_at > now()",
+                (job_id,),
+            )
+            assert time.monotonic() < deadline, f"job {job_id} is still {row['status']}"
+            time.sleep(0.1)
+    return row
+
+
+def test_a_worker_process_makes_one_event_through_a_lost_answer_and_a_500(
+    spawn: type[TaskhubProcess], tmp_path: Path, db_url: str
+) -> None:
+    standin = SchedulingStandin(token=REMOTE_TOKEN)
+    # The first create is made on the remote but its answer never comes; the second is a 500.
+    standin.inject(Fault.timeout(), Fault.error(500), route="POST /events")
+    with serving(standin.app) as remote_url:
+        port = free_port()
+        base = f"http://127.0.0.1:{port}"
+        env = clean_env(
+            DATABASE_URL=db_url,
+            TASKHUB_TOKENS=f"ops=operate:{OPERATE_TOKEN}",
+            TASKHUB_SCHEDULING_BASE_URL=remote_url,
+            TASKHUB_SCHEDULING_TOKEN=REMOTE_TOKEN,
+            TASKHUB_SCHEDULING_TIMEOUT="1",
+            TASKHUB_FETCH_POLLING_INTERVAL="0.1",
+            TASKHUB_SCHEDULES="scheduling.refresh_events=off",
+        )
+        api = spawn(["api", "--port", str(port)], tmp_path, env)
+        worker = spawn(["worker", "--queues", "scheduling"], tmp_path, env)
+        api.wait_for_line("Stop with Ctrl-C.")
+        worker.wait_for_line("worker:   scheduling")
+
+        headers = bearer(OPERATE_TOKEN)
+        employee = httpx.post(
+            f"{base}/scheduling/employees",
+            json={"code": "E1001", "name": "Dana Reyes"},
+            headers=headers,
+        )
+        assert employee.status_code == 201, employee.text
+        created = httpx.post(
+            f"{base}/scheduling/schedules",
+            json={
+                "employee_id": employee.json()["id"],
+                "title": "Store 112 reset",
+                "starts_at": "2030-01-07T08:00:00Z",
+                "ends_at": "2030-01-07T12:00:00Z",
+            },
+            headers=headers,
+        )
+        assert created.status_code == 201, created.text
+        job_id = created.json()["last_job_id"]
+        job = run_through_retries(db_url, job_id)
+        schedule = httpx.get(
+            f"{base}/scheduling/schedules/{created.json()['id']}", headers=headers
+        ).json()
+
+        assert api.stop(signal.SIGTERM) == 0, api.output
+        assert worker.stop(signal.SIGTERM) == 0, worker.output
+
+    assert (job["status"], job["attempts"]) == ("succeeded", 3), worker.output
+    assert job["errors"] == ["SchedulingUnavailable@1", "SchedulingUnavailable@2"]
+    [event] = standin.events()
+    creates = standin.requests("POST /events")
+    assert [(r.fault, r.status) for r in creates] == [
+        ("timeout", None),
+        ("error", 500),
+        (None, 201),
+    ]
+    assert len({r.idempotency_key for r in creates}) == 1
+    assert (schedule["external_id"], schedule["sync_status"]) == (event.id, "synced")
+    assert (schedule["last_job_id"], schedule["last_job_status"]) == (job_id, "succeeded")
+    assert REMOTE_TOKEN not in worker.output
