@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from backend.api.errors import install_error_handlers
 from backend.api.middleware import BodySizeLimit
 from backend.api.openapi import TaskhubAPI
-from backend.api.routers import backups, health, jobs, queues, schedules, scheduling, tasks
+from backend.api.routers import backups, erp, health, jobs, queues, schedules, scheduling, tasks
 from backend.api.schemas import MAX_BODY_BYTES
 from backend.db import create_pool
 from backend.errors import SettingsError
@@ -35,6 +35,7 @@ TAGS: list[dict[str, Any]] = [
     {"name": "queues", "description": "Jobs per queue; pause and resume a queue."},
     {"name": "schedules", "description": "Periodic tasks: next tick, last run."},
     {"name": "backups", "description": "The database's own backups: runs, files, failures."},
+    {"name": "erp", "description": "The ERP sync example: start a sync, follow it, its runs."},
     {"name": "scheduling", "description": "The schedule sync example: schedules, employees."},
     {"name": "health", "description": "Whether the API and its database can serve."},
 ]
@@ -83,6 +84,7 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
         queues.router,
         schedules.router,
         backups.router,
+        erp.router,
         scheduling.router,
     )
     return app

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from backend.registry import TaskBlueprint, TaskDefinition
-from backend.tasks import backups, builtin, hooks, maintenance, scheduling
+from backend.tasks import backups, builtin, erp, hooks, maintenance, scheduling
 
 BLUEPRINTS: tuple[TaskBlueprint, ...] = (
     builtin.blueprint,
     hooks.blueprint,
     maintenance.blueprint,
     backups.blueprint,
+    erp.blueprint,
     scheduling.blueprint,
 )
 

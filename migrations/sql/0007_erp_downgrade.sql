@@ -1,1 +1,4 @@
--- (filled in by the ERP sync example tables work)
+DROP TABLE IF EXISTS erp.sync_runs;
+DROP TABLE IF EXISTS erp.assets;
+DROP TABLE IF EXISTS erp.locations;
+DROP SCHEMA IF EXISTS erp;

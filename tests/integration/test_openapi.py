@@ -172,6 +172,7 @@ def test_document_is_valid_openapi_3_1() -> None:
         "queues",
         "schedules",
         "backups",
+        "erp",
         "scheduling",
         "health",
     }

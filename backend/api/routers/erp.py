@@ -1,0 +1,425 @@
+"""The ERP sync, in the shape the Celery version answered: start a sync, read its status.
+
+Starting defers the job in the request's transaction (it commits with the response, or not at
+all); the status is the job's, as taskhub stores it, mapped onto Celery's states.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Path, Query, Response, status
+from pydantic import BaseModel, ConfigDict, Field
+
+from backend import erp, jobs, queue
+from backend.api.deps import Conn, Operator, Reader
+from backend.api.schemas import (
+    FORBIDDEN,
+    UNAUTHENTICATED,
+    UNAVAILABLE,
+    Responses,
+    error_response,
+    invalid,
+    ok_response,
+    parameter_examples,
+)
+from backend.errors import JobNotFound, TaskhubError
+from backend.tasks.erp import SYNC_TASKS, SyncArgs
+
+router = APIRouter(tags=["erp"])
+
+#: Job ids as the start endpoints hand them out (digits, within PostgreSQL's bigint).
+TASK_ID = re.compile(r"[0-9]{1,19}")
+MAX_JOB_ID = 2**63 - 1
+NOUNS: dict[erp.Kind, str] = {"assets": "asset", "locations": "location"}
+
+
+class SyncAlreadyWaiting(TaskhubError):
+    """A sync of this kind is already waiting to run."""
+
+    status_code = 409
+
+
+class UnknownSyncTask(TaskhubError):
+    """No ERP sync job has that id."""
+
+    status_code = 404
+
+
+class SyncStarted(BaseModel):
+    """A sync was enqueued: follow it with GET /erp/task-status/{task_id}."""
+
+    success: bool = Field(description="Always true: failures answer an error status instead.")
+    message: str = Field(examples=["Asset sync started in background"])
+    task_id: str = Field(description="The job's id, for GET /erp/task-status/{task_id}.")
+    status: Literal["PENDING"] = Field(description="A new job waits for a worker.")
+
+
+class SyncProgress(BaseModel):
+    """The latest progress report: a message, `done/total`, and the sync's counters
+    (`assets_processed`, `assets_created`, `assets_updated`, or `locations_...`)."""
+
+    model_config = ConfigDict(extra="allow")
+    __pydantic_extra__: dict[str, int] = Field(init=False)
+
+    message: str | None = Field(examples=["Processing 1500/3000 assets"])
+    progress: str | None = Field(
+        description="`done/total` records; null until the ERP said how many there are.",
+        examples=["1500/3000"],
+    )
+
+
+class TaskStatus(BaseModel):
+    """Where an ERP sync stands, with Celery's state names."""
+
+    task_id: str
+    task: str = Field(examples=["erp.sync_assets"])
+    status: Literal["PENDING", "PROGRESS", "RETRY", "SUCCESS", "FAILURE", "REVOKED"] = Field(
+        description="PENDING (waiting), PROGRESS (running), RETRY (an attempt failed, another "
+        "is due), SUCCESS, FAILURE (the last attempt failed), REVOKED (cancelled)."
+    )
+    progress: SyncProgress | None = Field(description="Null until the sync reports.")
+    result: erp.SyncResult | None = Field(description="The counts, once it succeeded.")
+    error: str | None = Field(
+        description="The last failed attempt's error, type and message; null once it succeeded."
+    )
+
+
+PROGRESS = {
+    "message": "Processing 1500/3000 assets",
+    "progress": "1500/3000",
+    "assets_processed": 1500,
+    "assets_created": 1200,
+    "assets_updated": 300,
+}
+RESULT = {
+    "kind": "assets",
+    "run_id": 7,
+    "full_sync": False,
+    "since": "2030-01-01T02:00:00.120000Z",
+    "total": 3000,
+    "processed": 3000,
+    "created": 2400,
+    "updated": 550,
+    "unchanged": 50,
+    "pages": 6,
+    "resumed_from": None,
+}
+ERP_500 = (
+    "ErpUnavailable: the ERP answered 500 to GET /api/v1/assets page 4: "
+    '{"detail":"Internal Server Error"}'
+)
+STATUS_EXAMPLES = {
+    "pending": ("Waiting for a worker", {"task_id": "42", "task": "erp.sync_assets",
+                "status": "PENDING", "progress": None, "result": None, "error": None}),
+    "progress": ("Running", {"task_id": "42", "task": "erp.sync_assets", "status": "PROGRESS",
+                 "progress": PROGRESS, "result": None, "error": None}),
+    "retry": ("The ERP failed; a retry is due", {"task_id": "42", "task": "erp.sync_assets",
+              "status": "RETRY", "progress": PROGRESS, "result": None, "error": ERP_500}),
+    "success": ("Done", {"task_id": "42", "task": "erp.sync_assets", "status": "SUCCESS",
+                "progress": {**PROGRESS, "message": "Done: 3000 assets processed",
+                             "progress": "3000/3000", "assets_processed": 3000,
+                             "assets_created": 2400, "assets_updated": 550},
+                "result": RESULT, "error": None}),
+}  # fmt: skip
+RUN = {
+    "id": 7,
+    "kind": "assets",
+    "job_id": 42,
+    "attempt": 1,
+    "status": "succeeded",
+    "full_sync": False,
+    "since": "2030-01-01T02:00:00.120000Z",
+    "watermark": "2030-01-01T03:00:00.410000Z",
+    "resumed_from": None,
+    "next_page": 7,
+    "pages_done": 6,
+    "total": 3000,
+    "processed": 3000,
+    "created": 2400,
+    "updated": 550,
+    "error": None,
+    "started_at": "2030-01-01T03:00:00.410000Z",
+    "finished_at": "2030-01-01T03:00:04.860000Z",
+    "duration_seconds": 4.45,
+}
+FAILED_RUN = {
+    **RUN,
+    "id": 6,
+    "job_id": 41,
+    "status": "failed",
+    "next_page": 4,
+    "pages_done": 3,
+    "processed": 1500,
+    "created": 1200,
+    "updated": 300,
+    "error": ERP_500.removeprefix("ErpUnavailable: "),
+    "finished_at": "2030-01-01T02:59:00.000000Z",
+}
+
+
+def start_responses(noun: str) -> Responses:
+    return {
+        202: {
+            **ok_response(
+                "Enqueued. `Location` is its status.",
+                started=(
+                    "Started",
+                    {
+                        "success": True,
+                        "message": f"{noun.capitalize()} sync started in background",
+                        "task_id": "42",
+                        "status": "PENDING",
+                    },
+                ),
+            ),
+            "headers": {
+                "Location": {
+                    "description": "`/erp/task-status/{task_id}`",
+                    "schema": {"type": "string"},
+                }
+            },
+        },
+        **UNAUTHENTICATED,
+        **FORBIDDEN,
+        409: error_response(
+            f"An {noun} sync is already waiting to run; nothing was enqueued.",
+            waiting=(
+                "A second click",
+                f"an {noun} sync is already waiting: task_id 41 (GET /erp/task-status/41); "
+                "cancel it first to start another (POST /jobs/41/cancel)",
+            ),
+        ),
+        **invalid(
+            "`force_full_sync` is not a boolean; nothing was enqueued.",
+            (
+                "Not a boolean",
+                ["query", "force_full_sync"],
+                "Input should be a valid boolean, unable to interpret input",
+                "bool_parsing",
+            ),
+        ),
+        **UNAVAILABLE,
+    }
+
+
+ForceFullSync = Annotated[
+    bool,
+    Query(
+        description="Fetch every record. Otherwise only those changed since the last "
+        "successful sync (everything when there was none).",
+        openapi_examples=parameter_examples(
+            incremental=("Only the changes", False), full=("Everything", True)
+        ),
+    ),
+]
+
+
+async def start_sync(
+    kind: erp.Kind, force_full_sync: bool, conn: Conn, response: Response
+) -> SyncStarted:
+    """Defer one sync in the request's transaction; refuse if one is already waiting.
+
+    The ERP's URL and token are the workers' settings: the API never calls the ERP."""
+    task, noun = SYNC_TASKS[kind], NOUNS[kind]
+    assert task.queueing_lock is not None
+    waiting = await erp.waiting_job(conn, task.queueing_lock)
+    if waiting is not None:
+        raise SyncAlreadyWaiting(
+            f"an {noun} sync is already waiting: task_id {waiting} (GET /erp/task-status/"
+            f"{waiting}); cancel it first to start another "
+            f"(POST /jobs/{waiting}/cancel)"
+        )
+    job_id = await queue.defer(conn, task, SyncArgs(force_full_sync=force_full_sync))
+    response.headers["Location"] = f"/erp/task-status/{job_id}"
+    full = "Full " + noun if force_full_sync else noun.capitalize()
+    return SyncStarted(
+        success=True,
+        message=f"{full} sync started in background",
+        task_id=str(job_id),
+        status="PENDING",
+    )
+
+
+@router.post(
+    "/erp/sync-assets",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=SyncStarted,
+    summary="Start an asset sync",
+    response_description="Enqueued. `Location` is its status.",
+    responses=start_responses("asset"),
+)
+async def sync_assets(
+    conn: Conn,
+    response: Response,
+    caller: Operator,
+    force_full_sync: ForceFullSync = False,
+) -> SyncStarted:
+    """Enqueue `erp.sync_assets` on the `erp_sync` queue and answer at once with its
+    `task_id`. It pages through the ERP's assets into `erp.assets`, one sync at a time. Needs
+    the operate scope."""
+    return await start_sync("assets", force_full_sync, conn, response)
+
+
+@router.post(
+    "/erp/sync-locations",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=SyncStarted,
+    summary="Start a location sync",
+    response_description="Enqueued. `Location` is its status.",
+    responses=start_responses("location"),
+)
+async def sync_locations(
+    conn: Conn,
+    response: Response,
+    caller: Operator,
+    force_full_sync: ForceFullSync = False,
+) -> SyncStarted:
+    """Enqueue `erp.sync_locations` on the `erp_sync` queue and answer at once with its
+    `task_id`. It pages through the ERP's locations into `erp.locations`. Needs the operate
+    scope."""
+    return await start_sync("locations", force_full_sync, conn, response)
+
+
+def _progress(job: jobs.JobView) -> SyncProgress | None:
+    if job.progress is None:
+        return None
+    done, total = job.progress.done, job.progress.total
+    fraction = f"{done}/{total}" if done is not None and total is not None else None
+    return SyncProgress.model_validate(
+        {**job.progress.counters, "message": job.progress.message, "progress": fraction}
+    )
+
+
+def _result(job: jobs.JobView) -> erp.SyncResult | None:
+    if job.state != jobs.JobState.SUCCESS or not isinstance(job.result, dict):
+        return None
+    return erp.SyncResult.model_validate(job.result)
+
+
+def task_status(job: jobs.JobView) -> TaskStatus:
+    """A job seen as the Celery version showed it: STARTED is PROGRESS there."""
+    state = "PROGRESS" if job.state == jobs.JobState.STARTED else job.state.value
+    error = job.last_error
+    return TaskStatus.model_validate(
+        {
+            "task_id": str(job.id),
+            "task": job.task,
+            "status": state,
+            "progress": _progress(job),
+            "result": _result(job),
+            "error": f"{error.type}: {error.message}"
+            if error is not None and state != "SUCCESS"
+            else None,
+        }
+    )
+
+
+@router.get(
+    "/erp/task-status/{task_id}",
+    response_model=TaskStatus,
+    summary="Read an ERP sync's status",
+    responses={
+        200: ok_response(
+            "The sync's status, progress, and result or error.",
+            **STATUS_EXAMPLES,
+        ),
+        **UNAUTHENTICATED,
+        404: error_response(
+            "No ERP sync has this task_id (it never existed, was pruned, or is another task).",
+            unknown=("An unknown id", "no ERP sync task has task_id '999'"),
+        ),
+        **invalid(
+            "The task_id is longer than any id.",
+            (
+                "A very long id",
+                ["path", "task_id"],
+                "String should have at most 64 characters",
+                "string_too_long",
+            ),
+        ),
+        **UNAVAILABLE,
+    },
+)
+async def read_task_status(
+    task_id: Annotated[
+        str,
+        Path(
+            max_length=64,
+            description="The `task_id` a start endpoint answered (the job's id).",
+            openapi_examples=parameter_examples(job=("A task_id", "42")),
+        ),
+    ],
+    conn: Conn,
+    caller: Reader,
+) -> TaskStatus:
+    """Where the sync stands: PENDING, PROGRESS (with `message`, `progress` as `done/total`
+    and the counters), RETRY or FAILURE (with the error), SUCCESS (with the counts). The full
+    job, with every attempt's error and traceback, is `GET /jobs/{task_id}`. Needs the read
+    scope."""
+    unknown = UnknownSyncTask(f"no ERP sync task has task_id {task_id!r}")
+    if not TASK_ID.fullmatch(task_id) or not 1 <= int(task_id) <= MAX_JOB_ID:
+        raise unknown
+    try:
+        job = await jobs.get_job(conn, int(task_id))
+    except JobNotFound:
+        raise unknown from None
+    if job.task not in {task.name for task in SYNC_TASKS.values()}:
+        raise unknown
+    return task_status(job)
+
+
+@router.get(
+    "/erp/sync-runs",
+    response_model=list[erp.SyncRun],
+    summary="List the ERP sync runs",
+    responses={
+        200: ok_response(
+            "Runs, newest first.", history=("A success after a failure", [RUN, FAILED_RUN])
+        ),
+        **UNAUTHENTICATED,
+        **invalid(
+            "A filter is invalid; `loc` names it.",
+            (
+                "A kind that does not exist",
+                ["query", "kind"],
+                "Input should be 'assets' or 'locations'",
+                "literal_error",
+            ),
+        ),
+        **UNAVAILABLE,
+    },
+)
+async def list_sync_runs(
+    conn: Conn,
+    caller: Reader,
+    kind: Annotated[
+        erp.Kind | None,
+        Query(
+            description="Only runs syncing this kind of record.",
+            openapi_examples=parameter_examples(assets=("Asset syncs", "assets")),
+        ),
+    ] = None,
+    run_status: Annotated[
+        Literal["running", "succeeded", "failed"] | None,
+        Query(
+            alias="status",
+            description="Only runs in this status.",
+            openapi_examples=parameter_examples(failed=("Failed runs", "failed")),
+        ),
+    ] = None,
+    limit: Annotated[
+        int,
+        Query(
+            ge=1,
+            le=500,
+            description="At most this many runs.",
+            openapi_examples=parameter_examples(ten=("The last ten", 10)),
+        ),
+    ] = 20,
+) -> list[erp.SyncRun]:
+    """The history of the ERP syncs: one row per attempt, kept after the job is pruned. A
+    failed run keeps its error and its checkpoint (`next_page`); the job's retry resumes from
+    there (`resumed_from`). Needs the read scope."""
+    return await erp.list_runs(conn, kind=kind, status=run_status, limit=limit)
