@@ -32,8 +32,10 @@ def test_backups_command_lists_runs(tmp_path: Path, db_url: str) -> None:
     assert listing.returncode == 0, listing.stderr
     header, failed, succeeded = listing.stdout.splitlines()
     assert header.split()[:2] == ["ID", "STARTED"]
-    assert "failed" in failed and failed.endswith("disk full")
-    assert "3.0 MiB" in succeeded and succeeded.endswith("/srv/backups/app-1.dump")
+    assert "failed" in failed
+    assert failed.endswith("disk full")
+    assert "3.0 MiB" in succeeded
+    assert succeeded.endswith("/srv/backups/app-1.dump")
 
     as_json = run_cli(["backups", "--json", "--limit", "1"], tmp_path, env)
     [line] = as_json.stdout.splitlines()
