@@ -330,6 +330,11 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--host", help="API address (TASKHUB_API_HOST)")
         command.add_argument("--port", type=int, help="API port (TASKHUB_API_PORT)")
 
+    up.add_argument(
+        "--demo",
+        action="store_true",
+        help="also serve a stand-in ERP and scheduling API and point the examples at them",
+    )
     worker = commands.add_parser("worker", help="run a worker")
     for command in (up, worker):
         command.add_argument("--queues", type=_queues, help="comma-separated queues (default: all)")
@@ -412,7 +417,22 @@ def _api_auth(settings: Settings) -> tuple[str, str]:
     )
 
 
-def _serve(settings: Settings, *, api: bool, worker: bool, migrate_first: bool) -> None:
+def _serve_demo(settings: Settings) -> None:
+    """``taskhub up --demo``: the examples' stand-ins beside the API and the worker."""
+    from backend.standins.demo import demo_standins
+
+    with demo_standins(settings) as (demo, lines):
+        _serve(demo, api=True, worker=True, migrate_first=True, demo_lines=lines)
+
+
+def _serve(
+    settings: Settings,
+    *,
+    api: bool,
+    worker: bool,
+    migrate_first: bool,
+    demo_lines: Sequence[str] = (),
+) -> None:
     from backend.runner import WorkerOptions, bind_api_socket, run_services
 
     sock = bind_api_socket(settings.api_host, settings.api_port) if api else None
@@ -437,12 +457,19 @@ def _serve(settings: Settings, *, api: bool, worker: bool, migrate_first: bool) 
             if options:
                 queues = ",".join(options.queues) if options.queues else "all queues"
                 lines.append(f"  worker:   {queues}, concurrency {options.concurrency}")
+            lines += demo_lines
             if api:
                 lines += [
                     "Defer a job and read it back:",
                     f"  curl -s -X POST {base}/jobs {auth} -H 'content-type: application/json' "
                     '-d \'{"task": "taskhub.ping", "args": {"message": "hello"}}\'',
                     f"  curl -s {auth} '{base}/jobs?task=taskhub.ping&limit=1'",
+                ]
+            if api and demo_lines:
+                lines += [
+                    "Sync the demo ERP's assets, then poll the status with the task_id it answers:",
+                    f"  curl -s -X POST {auth} {base}/erp/sync-assets",
+                    f"  curl -s {auth} {base}/erp/task-status/TASK_ID",
                 ]
             lines.append("Stop with Ctrl-C.")
             print("\n".join(lines), flush=True)
@@ -750,7 +777,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = _settings_for(args)
         _configure_logging(settings)
-        if args.command == "up":
+        if args.command == "up" and args.demo:
+            _serve_demo(settings)
+        elif args.command == "up":
             _serve(settings, api=True, worker=True, migrate_first=True)
         elif args.command == "api":
             _serve(settings, api=True, worker=False, migrate_first=False)

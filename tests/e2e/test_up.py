@@ -6,12 +6,14 @@ import json
 import shlex
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import httpx
 import psutil
 import pytest
 
+from backend.standins.demo import DEMO_ASSETS
 from tests.e2e.conftest import (
     TASKHUB,
     TaskhubProcess,
@@ -202,3 +204,33 @@ def test_busy_port_is_a_clear_error(spawn: type[TaskhubProcess], tmp_path: Path)
     process.stop(timeout=5)
     assert f"cannot listen on 127.0.0.1:{port}" in process.output
     assert not (tmp_path / ".taskhub").exists()
+
+
+def test_up_demo_serves_the_stand_ins_and_syncs_the_demo_erp(
+    spawn: type[TaskhubProcess], tmp_path: Path, db_url: str
+) -> None:
+    port = free_port()
+    env = clean_env(DATABASE_URL=db_url, TASKHUB_API_PORT=str(port))
+    up = spawn(["up", "--demo"], tmp_path, env)
+    up.wait_for_line("Stop with Ctrl-C.")
+    assert "demo ERP: http://127.0.0.1:" in up.output
+    assert "demo scheduling API: http://127.0.0.1:" in up.output
+    headers = {"Authorization": f"Bearer {banner_token(up)}"}
+    base = f"http://127.0.0.1:{port}"
+
+    # The banner's command starts the sync; its status ends SUCCESS with every demo asset.
+    method, url, curl_headers, _ = curl_request(up, "-X POST -H")
+    assert url.endswith("/erp/sync-assets")
+    started = httpx.request(method, url, headers=curl_headers)
+    assert started.status_code == 202, started.text
+    task_id = started.json()["task_id"]
+    deadline = time.monotonic() + 90
+    while (status := httpx.get(f"{base}/erp/task-status/{task_id}", headers=headers).json())[
+        "status"
+    ] not in ("SUCCESS", "FAILURE"):
+        assert time.monotonic() < deadline, status
+        time.sleep(0.2)
+    assert status["status"] == "SUCCESS", status
+    assert status["progress"]["assets_created"] == DEMO_ASSETS
+
+    assert up.stop() == 0, up.output
