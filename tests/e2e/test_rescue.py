@@ -12,6 +12,7 @@ import pytest
 from psycopg.rows import dict_row
 
 from backend import queue
+from backend.errors import AlreadyQueued
 from backend.tasks.builtin import ping
 from backend.tasks.maintenance import rescue_stalled_jobs
 from tests.e2e.conftest import TaskhubProcess, clean_env, job_row, wait_status
@@ -29,8 +30,22 @@ def defer(url: str, task: Any, args: dict[str, Any]) -> int:
 
 
 def rescue(url: str) -> None:
-    """Run the periodic rescuer now rather than at the next minute."""
-    job_id = defer(url, rescue_stalled_jobs, {})
+    """Run the periodic rescuer now rather than at the next minute (or wait for the one a
+    starting worker's deferrer has just queued: its queueing lock allows one waiting)."""
+    while True:
+        try:
+            job_id = defer(url, rescue_stalled_jobs, {})
+            break
+        except AlreadyQueued:
+            with psycopg.connect(url) as conn:
+                row = conn.execute(
+                    "SELECT max(id) FROM procrastinate_jobs"
+                    " WHERE task_name = %s AND status IN ('todo', 'doing')",
+                    (rescue_stalled_jobs.name,),
+                ).fetchone()
+            if row and row[0] is not None:
+                job_id = row[0]
+                break
     wait_status(url, job_id, "succeeded")
 
 
