@@ -173,57 +173,6 @@ SELECT procrastinate_retry_job_v2(
     id, %(retry_at)s::timestamptz, %(priority)s::integer, %(queue)s::varchar, %(lock)s::varchar
 ) FROM owned;
 
--- prune_results --
--- Results and progress of jobs finished before the cutoff, one batch.
-WITH gone AS (
-    DELETE FROM taskhub.job_results
-     WHERE job_id IN (SELECT job_id FROM taskhub.job_results
-                       WHERE created_at < now() - make_interval(secs => %(age_seconds)s)
-                       LIMIT %(batch)s)
- RETURNING 1
-)
-SELECT count(*) AS deleted FROM gone;
-
--- prune_progress --
--- Progress of jobs that are no longer running, last reported before the cutoff, one batch.
-WITH gone AS (
-    DELETE FROM taskhub.job_progress
-     WHERE job_id IN (SELECT progress.job_id
-                        FROM taskhub.job_progress progress
-                        JOIN procrastinate_jobs job ON job.id = progress.job_id
-                       WHERE job.status <> 'doing'
-                         AND progress.updated_at < now() - make_interval(secs => %(age_seconds)s)
-                       LIMIT %(batch)s)
- RETURNING 1
-)
-SELECT count(*) AS deleted FROM gone;
-
--- prune_errors --
--- Errors older than the cutoff: failed jobs' after failed_age, the others' after age.
-WITH gone AS (
-    DELETE FROM taskhub.job_errors
-     WHERE id IN (SELECT error.id
-                    FROM taskhub.job_errors error
-                    JOIN procrastinate_jobs job ON job.id = error.job_id
-                   WHERE error.created_at < now() - make_interval(secs =>
-                             CASE WHEN job.status = 'failed' THEN %(failed_age_seconds)s
-                                  ELSE %(age_seconds)s END)
-                   LIMIT %(batch)s)
- RETURNING 1
-)
-SELECT count(*) AS deleted FROM gone;
-
--- prune_idempotency_keys --
--- Keys older than a day no longer protect anything, one batch.
-WITH gone AS (
-    DELETE FROM taskhub.idempotency_keys
-     WHERE (actor, key) IN (SELECT actor, key FROM taskhub.idempotency_keys
-                             WHERE created_at < now() - interval '24 hours'
-                             LIMIT %(batch)s)
- RETURNING 1
-)
-SELECT count(*) AS deleted FROM gone;
-
 -- watch_job --
 -- Register a waiter and share-lock the job row: a finish in progress completes first, a later
 -- one sees the waiter and NOTIFYs (taskhub.notify_job_finished). Commit before waiting.
@@ -235,10 +184,6 @@ SELECT status FROM procrastinate_jobs WHERE id = %(job_id)s FOR SHARE;
 
 -- unwatch_job --
 DELETE FROM taskhub.job_waiters WHERE job_id = %(job_id)s AND waiter = %(waiter)s;
-
--- prune_waiters --
--- Waiters left by a process that died while waiting (a wait lasts a minute at most).
-DELETE FROM taskhub.job_waiters WHERE since < now() - interval '1 hour';
 
 -- requeue_job --
 -- A job a shutting-down worker interrupted waits again, due now, its attempt not counted

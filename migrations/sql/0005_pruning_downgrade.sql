@@ -1,1 +1,2 @@
--- (filled in by the pruning work)
+DROP INDEX IF EXISTS taskhub.idempotency_keys_job_id_idx;
+DROP INDEX IF EXISTS taskhub_events_finished_idx;

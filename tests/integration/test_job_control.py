@@ -1,4 +1,5 @@
-"""Listing, cancelling and retrying jobs over REST; tokens; idempotency keys; retention."""
+"""Listing, cancelling and retrying jobs over REST; tokens; idempotency keys; what goes with a
+job when it is deleted (pruning itself: test_pruning.py)."""
 
 from __future__ import annotations
 
@@ -14,10 +15,8 @@ from backend.api import create_app
 from backend.db import DictConnection
 from backend.settings import Settings
 from backend.tasks.builtin import ping
-from backend.tasks.maintenance import prune_job_data
 from tests.conftest import ADMIN_TOKEN, READ_TOKEN, bearer, count_jobs, eventually
 from tests.integration.conftest import running_api, running_worker
-from tests.integration.test_job_outcomes import ALL
 
 
 async def defer_many(conn: DictConnection, count: int, **options: Any) -> list[int]:
@@ -208,41 +207,6 @@ async def test_idempotency_key_gives_one_job(
     )
     assert other.status_code == 409
     assert await count_jobs(conn) == 1
-
-
-async def test_retention_prunes_old_results_and_errors(
-    conn: DictConnection, settings: Settings, db_url: str
-) -> None:
-    old_ok, new_ok, old_failed, recent_failed = await defer_many(conn, 4)
-    for job_id in (old_ok, new_ok):
-        await set_status(conn, job_id, "succeeded")
-    for job_id in (old_failed, recent_failed):
-        await set_status(conn, job_id, "failed")
-    async with conn.transaction():
-        await conn.execute(
-            "INSERT INTO taskhub.job_results (job_id, result, created_at) VALUES"
-            " (%s, '1', now() - interval '8 days'), (%s, '2', now())",
-            (old_ok, new_ok),
-        )
-        await conn.execute(
-            "INSERT INTO taskhub.job_errors (job_id, attempt, type, message, created_at) VALUES"
-            " (%s, 1, 'E', 'old', now() - interval '31 days'),"
-            " (%s, 1, 'E', 'recent', now() - interval '8 days')",
-            (old_failed, recent_failed),
-        )
-        prune_id = await queue.defer(conn, prune_job_data, {})
-    async with running_worker(settings, db_url, blueprints=ALL):
-
-        async def pruned() -> bool:
-            return (await jobs.get_job(conn, prune_id)).status == "succeeded"
-
-        await eventually(pruned)
-    report = (await jobs.get_job(conn, prune_id)).result
-    assert report == {"results": 1, "progress": 0, "errors": 1, "idempotency_keys": 0}
-    assert (await jobs.get_job(conn, old_ok)).result is None
-    assert (await jobs.get_job(conn, new_ok)).result == 2
-    assert (await jobs.get_job(conn, old_failed)).errors == []
-    assert [e.message for e in (await jobs.get_job(conn, recent_failed)).errors] == ["recent"]
 
 
 async def test_job_data_goes_away_with_the_job(conn: DictConnection) -> None:

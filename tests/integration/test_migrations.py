@@ -36,8 +36,9 @@ def schema_dump(url: str) -> str:
         and not line.startswith(("--", "SET ", "SELECT pg_catalog.set_config", "\\"))
         # Some servers stamp per-database attribute options (pg_attver); not schema.
         and "(pg_attver=" not in line
-        # taskhub's own trigger on procrastinate_jobs (its function lives in schema taskhub).
-        and not line.startswith("CREATE TRIGGER taskhub_")
+        # taskhub's own trigger on procrastinate_jobs (its function lives in schema taskhub),
+        # and its own index on procrastinate_events (for pruning, revision 0005).
+        and not line.startswith(("CREATE TRIGGER taskhub_", "CREATE INDEX taskhub_"))
     ]
     text = "\n".join(lines)
     # A revision that adds a column puts it last; schema.sql may put it elsewhere.
