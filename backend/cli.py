@@ -176,7 +176,7 @@ def _queues_command(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def schedules_table(rows: Sequence[schedules.ScheduleView]) -> str:
-    header = f"{'TASK':<32} {'CRON':<16} {'NEXT RUN':<26} LAST RUN"
+    header = f"{'TASK':<32} {'CRON':<20} {'NEXT RUN':<26} LAST RUN"
     lines = [header]
     for row in rows:
         cron = row.cron or "off"
@@ -188,7 +188,7 @@ def schedules_table(rows: Sequence[schedules.ScheduleView]) -> str:
             job = f"job {last.job_id} {last.status}" if last.job_id else "job pruned"
             tick = last.tick_at.astimezone(row.next_run_at.tzinfo if row.next_run_at else None)
             last_run = f"{tick:%Y-%m-%d %H:%M:%S}: {job}"
-        lines.append(f"{row.task:<32} {cron:<16} {next_run:<26} {last_run}")
+        lines.append(f"{row.task:<32} {cron:<20} {next_run:<26} {last_run}")
     return "\n".join(lines) if rows else "no schedules"
 
 
