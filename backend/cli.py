@@ -168,11 +168,17 @@ async def _queues_action(url: str, args: argparse.Namespace) -> int:
     return 0
 
 
-def _queues_command(settings: Settings, args: argparse.Namespace) -> int:
-    """Run a ``queues`` action on DATABASE_URL or the embedded server, like ``jobs``."""
+def _on_database(settings: Settings, action: Callable[[str], Coroutine[Any, Any, int]]) -> int:
+    """Run ``action(url)`` on DATABASE_URL or the embedded server, once it is migrated
+    ("run `taskhub migrate`" rather than a missing-relation traceback)."""
     with database_url(settings) as url:
         check_database(url)
-        return asyncio.run(_queues_action(url, args))
+        return asyncio.run(action(url))
+
+
+def _queues_command(settings: Settings, args: argparse.Namespace) -> int:
+    """Run a ``queues`` action on DATABASE_URL or the embedded server, like ``jobs``."""
+    return _on_database(settings, lambda url: _queues_action(url, args))
 
 
 def schedules_table(rows: Sequence[schedules.ScheduleView]) -> str:
@@ -195,17 +201,15 @@ def schedules_table(rows: Sequence[schedules.ScheduleView]) -> str:
 def _schedules_command(settings: Settings) -> int:
     """``taskhub schedules``: the table, in TASKHUB_TIMEZONE."""
 
-    async def show(url: str) -> None:
+    async def show(url: str) -> int:
         async with await _connect(url) as conn:
             rows = await schedules.list_schedules(conn, settings)
         print(f"timezone {settings.timezone}")
         print(schedules_table(rows))
+        return 0
 
     schedules.configured_schedules(settings)  # a bad TASKHUB_SCHEDULES, before any connection
-    with database_url(settings) as url:
-        check_database(url)
-        asyncio.run(show(url))
-    return 0
+    return _on_database(settings, show)
 
 
 def backups_table(rows: Sequence[backups.BackupRecord]) -> str:
@@ -226,7 +230,7 @@ def backups_table(rows: Sequence[backups.BackupRecord]) -> str:
 
 
 def _backups_command(settings: Settings, args: argparse.Namespace) -> int:
-    async def show(url: str) -> None:
+    async def show(url: str) -> int:
         async with await _connect(url) as conn:
             rows = await backups.list_backups(conn, limit=args.limit)
         if args.json:
@@ -234,11 +238,9 @@ def _backups_command(settings: Settings, args: argparse.Namespace) -> int:
                 print(row.model_dump_json())
         else:
             print(backups_table(rows))
+        return 0
 
-    with database_url(settings) as url:
-        check_database(url)
-        asyncio.run(show(url))
-    return 0
+    return _on_database(settings, show)
 
 
 def _add_jobs_parser(
