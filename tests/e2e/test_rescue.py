@@ -32,7 +32,9 @@ def defer(url: str, task: Any, args: dict[str, Any]) -> int:
 def rescue(url: str) -> None:
     """Run the periodic rescuer now rather than at the next minute (or wait for the one a
     starting worker's deferrer has just queued: its queueing lock allows one waiting)."""
+    deadline = time.monotonic() + 15
     while True:
+        assert time.monotonic() < deadline, "no rescue job could be deferred or found"
         try:
             job_id = defer(url, rescue_stalled_jobs, {})
             break
