@@ -42,6 +42,8 @@ class JobRuntime:
     reporter: Reporter | None = None
     error: BaseException | None = None
     soft_deadline: float | None = None  # time.monotonic() after which the task should stop
+    started: bool = False  # the task function was called (before: an abort needs no cancel)
+    submitted: bool = False  # the worker has the job's outcome (it waits for its batch)
 
 
 def runtime_of(job_context: JobContext) -> JobRuntime:

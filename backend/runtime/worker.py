@@ -1,15 +1,23 @@
-"""taskhub's extension of procrastinate's worker: it stores what each job produced.
+"""taskhub's extension of procrastinate's worker: batches, and what each job produced.
 
-procrastinate finishes a job with one call to its finish (or retry) function and keeps
-nothing of what the task returned or raised. ``TaskhubWorker`` replaces that one call with
-one statement that also writes the job's last progress report, its JSON result and the
-attempt's error (type, message, traceback), so the outcome and the status commit together.
+procrastinate fetches one job per transaction and finishes each in another, through a pool,
+and keeps nothing of what the task returned or raised. ``TaskhubWorker`` keeps procrastinate's
+job processing (middlewares, retries, aborts, heartbeat, shutdown) and changes how jobs come
+and go:
+
+- it fetches as many jobs as it has free slots in one statement (``fetch_jobs``), on a
+  connection of its own, woken by procrastinate's LISTEN/NOTIFY;
+- it finishes them in batches (backend/runtime/finisher.py), each job through procrastinate's
+  finish or retry function, in one statement that also writes the job's last progress
+  report, its JSON result and the attempt's error, so the outcome and the status commit
+  together;
+- a fetched job that has not started yet when an abort or the shutdown arrives never runs:
+  it ends aborted, or goes back to the queue.
 
 It also keeps a NOTIFY that arrives during a fetch (:class:`WakeEvent`) and runs the periodic
-deferrer in TASKHUB_TIMEZONE (``_periodic_deferrer``). These touch private
-parts of procrastinate's worker (``_persist_job_status``, ``_new_job_event``):
-tests/unit/test_worker_extension.py pins them to the procrastinate version range in
-pyproject.toml, and the integration tests pin the behaviour.
+deferrer in TASKHUB_TIMEZONE (``_periodic_deferrer``). These touch private parts of
+procrastinate's worker: tests/unit/test_worker_extension.py pins them to the procrastinate
+version range in pyproject.toml, and the integration tests pin the behaviour.
 """
 
 from __future__ import annotations
@@ -19,23 +27,36 @@ import datetime
 import logging
 import time
 import traceback
+from collections.abc import Iterable
 from typing import Any, Literal
 
-from procrastinate import JobContext, exceptions, jobs, periodic, retry
+from procrastinate import JobContext, PsycopgConnector, exceptions, jobs, periodic, retry, utils
 from procrastinate.job_context import AbortReason, JobResult
 from procrastinate.worker import Worker
 from psycopg.types.json import Jsonb
 
 from backend.queries import QUERIES
 from backend.registry import definition_of
-from backend.runtime.context import SETTINGS_KEY, runtime_of
+from backend.runtime.connection import DedicatedConnection
+from backend.runtime.context import SETTINGS_KEY, JobRuntime, runtime_of
+from backend.runtime.finisher import Entry, FinishBatcher, finish_entry
 from backend.runtime.isolation import ChildTaskError, TimeLimitExceeded
+from backend.runtime.manager import TaskhubJobManager
 from backend.runtime.progress import Progress, ProgressReporter
 from backend.schedules import ZonedDeferrer
 
 logger = logging.getLogger(__name__)
 
 TRACEBACK_LIMIT = 20_000  # characters kept per error
+FINISH_DELAY = 0.01  # seconds a finished job waits for others to share its finish statement
+EARLY_ABORTS_KEPT = 60.0  # seconds an abort request for a job not (yet) running is remembered
+# procrastinate's routine per-job log lines, and the level it logs them at.
+ROUTINE_LOG_LEVELS = {
+    "loaded_job_info": logging.DEBUG,
+    "finish_task": logging.DEBUG,
+    "start_job": logging.INFO,
+    "job_success": logging.INFO,
+}
 
 
 class RateLimited(Exception):
@@ -54,6 +75,7 @@ async def track_job(call_next: Any, context: JobContext, worker: Worker) -> Any:
     connector = worker.app.connector
     definition = definition_of(worker.app, context.job.task_name)
     limit = definition.rate_limit if definition else None
+    _refuse_if_aborted(worker, context)
     if limit is not None:
         row = await connector.execute_query_one_async(
             QUERIES["take_rate_limit"],
@@ -74,6 +96,8 @@ async def track_job(call_next: Any, context: JobContext, worker: Worker) -> Any:
     if definition and definition.soft_time_limit:
         runtime.soft_deadline = time.monotonic() + definition.soft_time_limit
     try:
+        _refuse_if_aborted(worker, context)  # again: the rate limit query took a while
+        runtime.started = True
         if definition and definition.time_limit and definition.is_async:
             # Async tasks stop at the hard limit here; sync ones in their child process.
             try:
@@ -89,6 +113,17 @@ async def track_job(call_next: Any, context: JobContext, worker: Worker) -> Any:
     except BaseException as exc:
         runtime.error = exc
         raise
+
+
+def _refuse_if_aborted(worker: Worker, context: JobContext) -> None:
+    """A fetched job that has not started ends here if it was aborted or the worker stops."""
+    if isinstance(worker, TaskhubWorker) and worker.stopping():
+        assert context.job.id is not None
+        worker._job_ids_to_abort.setdefault(context.job.id, AbortReason.SHUTDOWN)
+    if context.should_abort():
+        aborted = exceptions.JobAborted()
+        runtime_of(context).error = aborted
+        raise aborted
 
 
 def _progress_params(progress: Progress | None) -> dict[str, Any]:
@@ -151,12 +186,35 @@ class WakeEvent(asyncio.Event):
 
 
 class TaskhubWorker(Worker):
-    """procrastinate's worker, persisting each job's outcome with its status."""
+    """procrastinate's worker, fetching and finishing in batches (see the module's doc)."""
 
-    def __init__(self, **options: Any) -> None:
+    def __init__(self, *, finish_delay: float = FINISH_DELAY, **options: Any) -> None:
         options["worker_middleware"] = [track_job, *(options.get("worker_middleware") or [])]
         super().__init__(**options)
         self._new_job_event = WakeEvent()
+        self.finish_delay = finish_delay
+        self._slot_freed = asyncio.Event()
+        self._still_running = 0  # started jobs whose outcome is not submitted yet
+        self._early_aborts: dict[int, float] = {}  # abort requests for jobs not running yet
+        self._fetch_connection: DedicatedConnection | None = None
+        self._finisher: FinishBatcher | None = None
+
+    def stop(self) -> None:
+        super().stop()  # type: ignore[no-untyped-call]
+
+    def stopping(self) -> bool:
+        return self._stop_event.is_set()
+
+    def _log_extra(
+        self, action: str, context: JobContext | None, job_result: JobResult | None, **kwargs: Any
+    ) -> dict[str, Any]:
+        """procrastinate builds a job's whole log context for each line, logged or not: not
+        for a routine line the logger drops (a third of the worker's CPU per no-op job)."""
+        level = ROUTINE_LOG_LEVELS.get(action)
+        if level is not None and not self.logger.isEnabledFor(level):
+            return {"action": action}
+        extra: dict[str, Any] = super()._log_extra(action, context, job_result, **kwargs)
+        return extra
 
     async def _periodic_deferrer(self) -> None:
         """procrastinate's periodic deferrer, with cron in TASKHUB_TIMEZONE (see schedules)."""
@@ -166,6 +224,138 @@ class TaskhubWorker(Worker):
         deferrer = ZonedDeferrer(self.app.periodic_registry, timezone=timezone, catch_up=catch_up)
         await deferrer.worker()
 
+    async def _run_loop(self) -> None:
+        """procrastinate's loop, with the worker's own fetch and finish connections around it."""
+        assert self.worker_id is not None
+        connector = self.app.connector
+        assert isinstance(connector, PsycopgConnector)
+        pool = connector.pool
+        assert isinstance(pool.conninfo, str)
+        assert isinstance(pool.kwargs, dict)
+        # A lost fetch commit leaves the job to run again, as a crash after it would (the
+        # rescue): the fetch need not wait for the disk. Finishes do.
+        self._fetch_connection = DedicatedConnection(
+            pool.conninfo, pool.kwargs, settings={"synchronous_commit": "off"}
+        )
+        finish_connection = DedicatedConnection(pool.conninfo, pool.kwargs)
+        self._finisher = FinishBatcher(
+            finish_connection,
+            QUERIES["finish_jobs"],
+            worker_id=self.worker_id,
+            jobs_still_running=lambda: self._still_running,
+            delay=self.finish_delay,
+        )
+        self._still_running = 0
+        try:
+            await super()._run_loop()  # type: ignore[no-untyped-call]
+        finally:
+            await self._fetch_connection.close()
+            await finish_connection.close()
+
+    async def _fetch_and_process_jobs(self) -> None:
+        """Fetch as many jobs as there are free slots, in one statement, until none is left."""
+        manager = self.app.job_manager
+        assert isinstance(manager, TaskhubJobManager)
+        assert self.worker_id is not None
+        assert self._fetch_connection is not None
+        while not self._stop_event.is_set():
+            # A slot frees when its job's outcome is submitted: the next batch is fetched and
+            # run while the last one's finish statement is in flight. At most ``concurrency``
+            # outcomes wait for their batch on top of the running jobs.
+            free = min(
+                self.concurrency - self._still_running,
+                2 * self.concurrency - len(self._running_jobs),
+            )
+            if free <= 0:
+                self._slot_freed.clear()
+                await utils.wait_any(self._slot_freed.wait(), self._stop_event.wait())
+                continue
+            fetched = await manager.fetch_jobs(
+                self._fetch_connection, queues=self.queues, worker_id=self.worker_id, count=free
+            )
+            self._new_job_event.clear()
+            if self._stop_event.is_set():
+                await self._hand_back(fetched)
+                return
+            for job in fetched:
+                self._start_job(job)
+            if len(fetched) < free:
+                return  # nothing else is due: wait for a NOTIFY or the next poll
+
+    def _start_job(self, job: jobs.Job) -> None:
+        job_id = job.id
+        assert job_id is not None
+        if self._early_aborts.pop(job_id, None) is not None:
+            self._job_ids_to_abort[job_id] = AbortReason.USER_REQUEST
+        context = JobContext(
+            app=self.app,
+            worker_name=self.worker_name,
+            worker_queues=self.queues,
+            additional_context=self.additional_context.copy() if self.additional_context else {},
+            job=job,
+            abort_reason=lambda: self._job_ids_to_abort.get(job_id),
+            start_timestamp=time.time(),
+        )
+        task = asyncio.create_task(
+            self._process_job(context),
+            name=f"process job {job.task_name}[{job_id}]",
+        )
+        self._running_jobs[task] = context
+        self._still_running += 1
+        task.add_done_callback(self._on_job_done)
+
+    def _on_job_done(self, task: asyncio.Task[Any]) -> None:
+        context = self._running_jobs.pop(task)
+        self._outcome_submitted(runtime_of(context))  # in case it ended before its finish
+        self._slot_freed.set()
+
+    def _outcome_submitted(self, runtime: JobRuntime) -> None:
+        if not runtime.submitted:
+            runtime.submitted = True
+            self._still_running -= 1
+            self._slot_freed.set()
+
+    async def _hand_back(self, fetched: list[jobs.Job]) -> None:
+        """Jobs fetched as the worker stops never start: they wait for another worker."""
+        if fetched and self._fetch_connection is not None:
+            await self._fetch_connection.fetch_all(
+                QUERIES["requeue_jobs"],
+                {"job_ids": [job.id for job in fetched], "worker_id": self.worker_id},
+            )
+
+    def _handle_abort_jobs_requested(self, job_ids: Iterable[int]) -> None:
+        """procrastinate's handler, remembering requests for jobs not running here yet.
+
+        A request can overtake the fetch that took its job; the job then ends aborted when it
+        would start (``_start_job``).
+        """
+        requested = set(job_ids)
+        super()._handle_abort_jobs_requested(requested)
+        now = time.monotonic()
+        running = {context.job.id for context in self._running_jobs.values()}
+        for job_id in requested - running:
+            self._early_aborts[job_id] = now
+        if len(self._early_aborts) > 1000:
+            self._early_aborts = {
+                job_id: at
+                for job_id, at in self._early_aborts.items()
+                if now - at < EARLY_ABORTS_KEPT
+            }
+
+    def _abort_job(
+        self, process_job_task: asyncio.Task[Any], context: JobContext, reason: AbortReason
+    ) -> None:
+        runtime = runtime_of(context)
+        if runtime.submitted:
+            return  # it has finished; its outcome is on its way
+        if not runtime.started:
+            # Cancelling a task before its first step would skip its finish: the job stops
+            # itself when it would start (track_job).
+            assert context.job.id is not None
+            self._job_ids_to_abort[context.job.id] = reason
+            return
+        super()._abort_job(process_job_task, context, reason)
+
     async def _persist_job_status(
         self,
         job: jobs.Job,
@@ -174,18 +364,20 @@ class TaskhubWorker(Worker):
         context: JobContext,
         job_result: JobResult | None,
     ) -> None:
+        runtime = runtime_of(context)
         if self.delete_jobs != jobs.DeleteJobCondition.NEVER:
             # Deleted jobs keep nothing; procrastinate's own path is all there is to do.
+            self._outcome_submitted(runtime)
             await super()._persist_job_status(job, status, retry_decision, context, job_result)
             return
         assert job.id is not None
-        runtime = runtime_of(context)
+        assert self._finisher is not None
         reporter = runtime.reporter
         progress = await reporter.close() if isinstance(reporter, ProgressReporter) else None
-        connector = self.app.connector
+        self._outcome_submitted(runtime)
         if isinstance(runtime.error, RateLimited):
             # Over the rate limit: not a failure, and no attempt used up.
-            rows = await connector.execute_query_all_async(
+            rows = await self.app.connector.execute_query_all_async(
                 QUERIES["postpone_job"],
                 job_id=job.id,
                 worker_id=self.worker_id,
@@ -195,42 +387,52 @@ class TaskhubWorker(Worker):
             return
         if status == jobs.Status.ABORTED and context.abort_reason() == AbortReason.SHUTDOWN:
             # Not the job's fault: it runs again, on another worker, as if never started.
-            rows = await connector.execute_query_all_async(
-                QUERIES["requeue_job"], job_id=job.id, worker_id=self.worker_id
+            rows = await self.app.connector.execute_query_all_async(
+                QUERIES["requeue_jobs"], job_ids=[job.id], worker_id=self.worker_id
             )
             self._forget(job, fenced=not rows)
             return
-        params: dict[str, Any] = {
-            "job_id": job.id,
-            "worker_id": self.worker_id,
-            "attempt": job.attempts + 1,
-            **_progress_params(progress),
-            **_error_params(runtime.error if status != jobs.Status.SUCCEEDED else None),
-        }
+        entry = self._outcome(job, status, retry_decision, runtime, job_result, progress)
+        stored = await self._finisher.finish(entry)
+        self._forget(job, fenced=not stored)
+
+    def _outcome(
+        self,
+        job: jobs.Job,
+        status: jobs.Status,
+        retry_decision: retry.RetryDecision | None,
+        runtime: JobRuntime,
+        job_result: JobResult | None,
+        progress: Progress | None,
+    ) -> Entry:
+        assert job.id is not None
+        fields: dict[str, Any] = {}
+        if progress is not None:
+            fields.update(
+                has_progress=True,
+                done=progress.done,
+                total=progress.total,
+                message=progress.message,
+                counters=progress.counters,
+            )
+        if status != jobs.Status.SUCCEEDED:
+            fields.update(_error_params(runtime.error))
         if retry_decision:
-            rows = await connector.execute_query_all_async(
-                QUERIES["retry_job"],
-                **params,
-                retry_at=retry_decision.retry_at,
+            retry_at = retry_decision.retry_at
+            fields.update(
+                retry_at=retry_at.isoformat() if retry_at else None,
                 priority=retry_decision.priority,
                 queue=retry_decision.queue,
                 lock=retry_decision.lock,
             )
-        else:
-            result = job_result.result if job_result else None
-            has_result = status == jobs.Status.SUCCEEDED and result is not None
+            return finish_entry(job.id, "retry", job.attempts + 1, **fields)
+        result = job_result.result if job_result else None
+        if status == jobs.Status.SUCCEEDED and result is not None:
+            fields.update(has_result=True, result=result)
+        if status == jobs.Status.FAILED:
             definition = definition_of(self.app, job.task_name)
-            rows = await connector.execute_query_all_async(
-                QUERIES["finish_job"],
-                **params,
-                status=status.value,
-                run_failure_hook=bool(
-                    status == jobs.Status.FAILED and definition and definition.on_failure
-                ),
-                has_result=has_result,
-                result=Jsonb(result) if has_result else None,
-            )
-        self._forget(job, fenced=not rows)
+            fields["run_failure_hook"] = bool(definition and definition.on_failure)
+        return finish_entry(job.id, status.value, job.attempts + 1, **fields)
 
     def _forget(self, job: jobs.Job, *, fenced: bool) -> None:
         assert job.id is not None

@@ -110,68 +110,70 @@ ON CONFLICT (job_id) DO UPDATE
    SET done = EXCLUDED.done, total = EXCLUDED.total, message = EXCLUDED.message,
        counters = EXCLUDED.counters, updated_at = now();
 
--- finish_job --
--- procrastinate's finish, plus the job's last progress, result and error, in one statement:
--- either all of it is stored or none (the finish raises if the job is not running).
-WITH owned AS (
-    -- Fencing: only the worker still holding the job may finish it. A worker that was
-    -- presumed dead (its job rescued, maybe run elsewhere) finds nothing here.
-    SELECT id FROM procrastinate_jobs
-     WHERE id = %(job_id)s AND status = 'doing' AND worker_id = %(worker_id)s
-       FOR UPDATE
+-- finish_jobs --
+-- A batch of finished jobs in one statement (one transaction), each through procrastinate's
+-- own finish or retry function, so events and attempts are exactly procrastinate's; with each
+-- job's last progress, result and error, and the failure hooks. %(batch)s is a JSON array of
+-- entries (backend/runtime/finisher.py builds them). Returns the ids it finished: a job missing
+-- from the answer was fenced (see owned). Either the whole batch is stored or none of it.
+WITH entry AS (
+    SELECT * FROM jsonb_to_recordset(%(batch)s::jsonb) AS entry(
+        job_id bigint, outcome text, attempt integer,
+        has_progress boolean, done bigint, total bigint, message text, counters jsonb,
+        has_result boolean, result jsonb,
+        error_type text, error_message text, traceback text,
+        retry_at timestamptz, priority integer, queue text, lock text,
+        run_failure_hook boolean
+    )
+), owned AS (
+    -- Fencing: only the worker still holding a job may finish it. A worker that was presumed
+    -- dead (its job rescued, maybe run elsewhere) finds nothing here. Locks in id order.
+    SELECT entry.*, job.queue_name AS job_queue, job.priority AS job_priority
+      FROM entry JOIN procrastinate_jobs job ON job.id = entry.job_id
+     WHERE job.status = 'doing' AND job.worker_id = %(worker_id)s
+     ORDER BY job.id
+       FOR UPDATE OF job
 ), progress AS (
     INSERT INTO taskhub.job_progress AS progress (job_id, done, total, message, counters)
-    SELECT id, %(done)s::bigint, %(total)s::bigint, %(message)s::text, %(counters)s::jsonb
-      FROM owned WHERE %(has_progress)s
+    SELECT job_id, done, total, message, counters
+      FROM owned WHERE outcome <> 'retry' AND has_progress
     ON CONFLICT (job_id) DO UPDATE
        SET done = EXCLUDED.done, total = EXCLUDED.total, message = EXCLUDED.message,
            counters = EXCLUDED.counters, updated_at = now()
+), progress_cleared AS (
+    -- Progress belongs to an attempt: the next one starts from nothing.
+    DELETE FROM taskhub.job_progress
+     WHERE job_id IN (SELECT job_id FROM owned WHERE outcome = 'retry')
 ), result AS (
     INSERT INTO taskhub.job_results (job_id, result)
-    SELECT id, %(result)s::jsonb FROM owned WHERE %(has_result)s
+    SELECT job_id, result FROM owned WHERE outcome <> 'retry' AND has_result
     ON CONFLICT (job_id) DO UPDATE SET result = EXCLUDED.result, created_at = now()
 ), error AS (
     INSERT INTO taskhub.job_errors (job_id, attempt, type, message, traceback)
-    SELECT id, %(attempt)s::integer, %(error_type)s::text, %(error_message)s::text,
-           %(traceback)s::text
-      FROM owned WHERE %(error_type)s::text IS NOT NULL
+    SELECT job_id, attempt, error_type, error_message, traceback
+      FROM owned WHERE error_type IS NOT NULL
 ), hook AS (
     -- A final failure of a task with an on_failure hook: its hook job, deferred once, here,
     -- with the finish, on the failed job's queue (whose workers know the task).
-    SELECT job.id AS failed_job_id,
+    SELECT owned.job_id AS failed_job_id, owned.error_type,
            procrastinate_defer_jobs_v1(ARRAY[ROW(
-               job.queue_name, 'taskhub.on_failure', job.priority, NULL, NULL,
-               jsonb_build_object('job_id', job.id), NULL
+               owned.job_queue, 'taskhub.on_failure', owned.job_priority, NULL, NULL,
+               jsonb_build_object('job_id', owned.job_id), NULL
            )::procrastinate_job_to_defer_v1])::bigint[] AS hook_ids
-      FROM owned JOIN procrastinate_jobs job ON job.id = owned.id
-     WHERE %(run_failure_hook)s
+      FROM owned
+     WHERE owned.outcome = 'failed' AND owned.run_failure_hook
 ), final_failure AS (
     INSERT INTO taskhub.audit_log (actor, action, job_id, details)
     SELECT 'worker:' || %(worker_id)s::text, 'final_failure', failed_job_id,
-           jsonb_build_object('error', %(error_type)s::text, 'hook_job_id', hook_ids[1])
+           jsonb_build_object('error', error_type, 'hook_job_id', hook_ids[1])
       FROM hook
 )
-SELECT procrastinate_finish_job_v1(id, %(status)s::procrastinate_job_status, false) FROM owned;
-
--- retry_job --
--- procrastinate's retry, plus the attempt's error, in one statement.
-WITH owned AS (
-    -- Fencing, as in finish_job.
-    SELECT id FROM procrastinate_jobs
-     WHERE id = %(job_id)s AND status = 'doing' AND worker_id = %(worker_id)s
-       FOR UPDATE
-), progress AS (
-    -- Progress belongs to an attempt: the next one starts from nothing.
-    DELETE FROM taskhub.job_progress WHERE job_id IN (SELECT id FROM owned)
-), error AS (
-    INSERT INTO taskhub.job_errors (job_id, attempt, type, message, traceback)
-    SELECT id, %(attempt)s::integer, %(error_type)s::text, %(error_message)s::text,
-           %(traceback)s::text
-      FROM owned WHERE %(error_type)s::text IS NOT NULL
-)
-SELECT procrastinate_retry_job_v2(
-    id, %(retry_at)s::timestamptz, %(priority)s::integer, %(queue)s::varchar, %(lock)s::varchar
-) FROM owned;
+SELECT job_id,
+       CASE WHEN outcome = 'retry'
+            THEN procrastinate_retry_job_v2(job_id, retry_at, priority, queue, lock)
+            ELSE procrastinate_finish_job_v1(job_id, outcome::procrastinate_job_status, false)
+       END AS done
+  FROM owned;
 
 -- watch_job --
 -- Register a waiter and share-lock the job row: a finish in progress completes first, a later
@@ -185,18 +187,19 @@ SELECT status FROM procrastinate_jobs WHERE id = %(job_id)s FOR SHARE;
 -- unwatch_job --
 DELETE FROM taskhub.job_waiters WHERE job_id = %(job_id)s AND waiter = %(waiter)s;
 
--- requeue_job --
--- A job a shutting-down worker interrupted waits again, due now, its attempt not counted
--- (procrastinate records 'deferred_for_retry'); the other workers are woken for it.
+-- requeue_jobs --
+-- Jobs a shutting-down worker interrupted, or fetched and never started, wait again, due now,
+-- their attempt not counted (procrastinate records 'deferred_for_retry'); the other workers
+-- are woken for them. Fenced like finish_jobs.
 WITH requeued AS (
     UPDATE procrastinate_jobs
        SET status = 'todo', abort_requested = false, scheduled_at = NULL
-     WHERE id = %(job_id)s AND status = 'doing' AND worker_id = %(worker_id)s
+     WHERE id = ANY(%(job_ids)s::bigint[]) AND status = 'doing' AND worker_id = %(worker_id)s
  RETURNING id, queue_name
 ), progress AS (
     DELETE FROM taskhub.job_progress WHERE job_id IN (SELECT id FROM requeued)
 )
-SELECT taskhub.wake_workers(id, queue_name) FROM requeued;
+SELECT id, taskhub.wake_workers(id, queue_name) AS woken FROM requeued;
 
 -- rescue_stalled_jobs --
 -- Jobs running on a worker that stopped heart-beating (or whose worker row is gone) wait
@@ -224,10 +227,47 @@ SELECT id,
   FROM stalled;
 
 -- fetch_job --
--- procrastinate's fetch_job query, through taskhub.fetch_job (skips paused queues).
+-- One job, procrastinate's fetch_job query through taskhub.fetch_job (skips paused queues).
 SELECT id, status, task_name, priority, lock, queueing_lock, args, scheduled_at, queue_name,
        attempts, worker_id
   FROM taskhub.fetch_job(%(queues)s::varchar[], %(worker_id)s);
+
+-- fetch_jobs --
+-- Up to %(count)s jobs in one statement, by procrastinate's rules (procrastinate_fetch_job_v2,
+-- copied as taskhub.fetch_job in migration 0003): todo to doing with the worker id, SKIP
+-- LOCKED, due jobs only, the queue filter, paused queues skipped, priority then id, and one
+-- job per lock (none of its lock running, none ahead of it waiting). The lock test reads
+-- "lock is null or not exists": written as procrastinate writes it, a multi-row fetch scans
+-- and sorts every queued job; this way the plan walks procrastinate_jobs_priority_idx_v1 and
+-- stops after %(count)s. The rows come back unordered: the caller sorts them.
+UPDATE procrastinate_jobs
+   SET status = 'doing', worker_id = %(worker_id)s
+ WHERE id = ANY(ARRAY(
+        SELECT jobs.id
+          FROM procrastinate_jobs AS jobs
+         WHERE jobs.status = 'todo'
+           AND (%(queues)s::varchar[] IS NULL OR jobs.queue_name = ANY(%(queues)s::varchar[]))
+           AND (jobs.scheduled_at IS NULL OR jobs.scheduled_at <= now())
+           AND NOT EXISTS (
+                SELECT 1 FROM taskhub.paused_queues paused
+                 WHERE paused.queue_name = jobs.queue_name
+           )
+           AND (jobs.lock IS NULL OR NOT EXISTS (
+                SELECT 1
+                  FROM procrastinate_jobs AS other_jobs
+                 WHERE other_jobs.lock = jobs.lock
+                   AND (other_jobs.status = 'doing'
+                        OR (other_jobs.status = 'todo'
+                            AND (other_jobs.priority > jobs.priority
+                                 OR (other_jobs.priority = jobs.priority
+                                     AND other_jobs.id < jobs.id))))
+           ))
+         ORDER BY jobs.priority DESC, jobs.id ASC
+         LIMIT %(count)s
+           FOR UPDATE OF jobs SKIP LOCKED
+ ))
+RETURNING id, status, task_name, priority, lock, queueing_lock, args, scheduled_at, queue_name,
+          attempts, worker_id;
 
 -- list_queues --
 -- Every queue that has jobs or is paused (or just the one named): jobs per status, the oldest

@@ -66,3 +66,19 @@ def test_the_deferrer_methods_we_override_are_the_ones_its_loop_calls() -> None:
     assert "self.get_previous_tasks(at=now)" in source
     assert "self.get_next_tick(at=now)" in source
     assert "self.last_defers" in inspect.getsource(PeriodicDeferrer.__init__)
+
+
+def test_the_batching_loop_replaces_the_methods_procrastinate_calls() -> None:
+    run_loop = inspect.getsource(Worker._run_loop)
+    assert "await self._fetch_and_process_jobs()" in run_loop
+    assert "await self._shutdown(" in run_loop, "shutdown waits for _running_jobs"
+    assert "self._running_jobs" in inspect.getsource(Worker._shutdown)
+    run = inspect.getsource(Worker.run)
+    assert run.index("register_worker") < run.index("self._run_loop()"), "worker_id set first"
+    for name in ("_abort_job", "_handle_abort_jobs_requested", "_log_extra"):
+        ours = list(inspect.signature(getattr(TaskhubWorker, name)).parameters)
+        theirs = list(inspect.signature(getattr(Worker, name)).parameters)
+        assert ours == theirs, name
+    assert "self._abort_job(" in inspect.getsource(Worker._handle_abort_jobs_requested)
+    assert "self._log_extra(" in inspect.getsource(Worker._process_job)
+    assert "self._job_ids_to_abort" in inspect.getsource(Worker._abort_job)
