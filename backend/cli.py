@@ -326,7 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    up = commands.add_parser("up", help="migrate, then run the API and a worker")
+    up = commands.add_parser("up", help="migrate, then run the API and the workers")
     api = commands.add_parser("api", help="run the REST API")
     for command in (up, api):
         command.add_argument("--host", help="API address (TASKHUB_API_HOST)")
@@ -337,10 +337,20 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also serve a stand-in ERP and scheduling API and point the examples at them",
     )
-    worker = commands.add_parser("worker", help="run a worker")
+    worker = commands.add_parser("worker", help="run the workers (one process per core)")
     for command in (up, worker):
         command.add_argument("--queues", type=_queues, help="comma-separated queues (default: all)")
-        command.add_argument("--concurrency", type=_positive, help="jobs run at once")
+        command.add_argument(
+            "--concurrency", type=_positive, help="jobs run at once by each worker process"
+        )
+        command.add_argument(
+            "--processes",
+            type=_positive,
+            help="worker processes (TASKHUB_WORKER_PROCESSES; default: one per core)",
+        )
+    # Set by the supervisor on the worker processes it starts (backend/supervisor.py).
+    worker.add_argument("--worker-index", type=_positive, help=argparse.SUPPRESS)
+    worker.add_argument("--supervisor-pid", type=_positive, help=argparse.SUPPRESS)
 
     migrate_cmd = commands.add_parser("migrate", help="upgrade the schema to the latest revision")
     migrate_cmd.add_argument(
@@ -374,10 +384,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _configure_logging(settings: Settings) -> None:
+def _configure_logging(settings: Settings, process: str = "") -> None:
+    """``process`` (``[worker 2] ``) tells the lines of several worker processes apart."""
     logging.basicConfig(
         level=settings.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=f"%(asctime)s %(levelname)s {process}%(name)s: %(message)s",
         stream=sys.stderr,
     )
     if settings.log_level != "DEBUG":
@@ -393,6 +404,7 @@ def _settings_for(args: argparse.Namespace) -> Settings:
         ("port", "api_port"),
         ("queues", "worker_queues"),
         ("concurrency", "worker_concurrency"),
+        ("processes", "worker_processes"),
     ):
         value = getattr(args, option, None)
         if value is not None:
@@ -434,7 +446,10 @@ def _serve(
     worker: bool,
     migrate_first: bool,
     demo_lines: Sequence[str] = (),
+    quiet: bool = False,
 ) -> None:
+    """Run the API and/or the workers until a signal; ``quiet`` (a supervised worker process)
+    prints nothing: its supervisor speaks for it."""
     from backend.runner import WorkerOptions, bind_api_socket, run_services
 
     sock = bind_api_socket(settings.api_host, settings.api_port) if api else None
@@ -445,7 +460,11 @@ def _serve(
         elif worker:
             check_database(url)
         options = (
-            WorkerOptions(queues=settings.worker_queues, concurrency=settings.worker_concurrency)
+            WorkerOptions(
+                queues=settings.worker_queues,
+                concurrency=settings.worker_concurrency,
+                processes=settings.worker_process_count,
+            )
             if worker
             else None
         )
@@ -458,7 +477,12 @@ def _serve(
                 lines.append(token_line)
             if options:
                 queues = ",".join(options.queues) if options.queues else "all queues"
-                lines.append(f"  worker:   {queues}, concurrency {options.concurrency}")
+                processes = (
+                    f"in each of {options.processes} processes"
+                    if options.processes > 1
+                    else "in 1 process"
+                )
+                lines.append(f"  worker:   {queues}, concurrency {options.concurrency} {processes}")
             lines += demo_lines
             if api:
                 lines += [
@@ -476,8 +500,19 @@ def _serve(
             lines.append("Stop with Ctrl-C.")
             print("\n".join(lines), flush=True)
 
-        asyncio.run(run_services(settings, url, api_socket=sock, worker=options, on_ready=announce))
-    print("taskhub stopped", flush=True)
+        ready = None if quiet else announce
+        asyncio.run(run_services(settings, url, api_socket=sock, worker=options, on_ready=ready))
+    if not quiet:
+        print("taskhub stopped", flush=True)
+
+
+def _worker_process(settings: Settings, args: argparse.Namespace) -> None:
+    """One worker process a ``taskhub worker/up --processes N`` supervisor started."""
+    from backend.supervisor import stop_with_parent
+
+    if args.supervisor_pid is not None:
+        stop_with_parent(args.supervisor_pid)
+    _serve(settings, api=False, worker=True, migrate_first=False, quiet=True)
 
 
 def _migrate(settings: Settings, downgrade_to: str | None) -> None:
@@ -776,10 +811,14 @@ def _jobs(settings: Settings, args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    index = getattr(args, "worker_index", None)
+    process = f"[worker {index}] " if index is not None else ""
     try:
         settings = _settings_for(args)
-        _configure_logging(settings)
-        if args.command == "up" and args.demo:
+        _configure_logging(settings, process)
+        if index is not None:
+            _worker_process(settings, args)
+        elif args.command == "up" and args.demo:
             _serve_demo(settings)
         elif args.command == "up":
             _serve(settings, api=True, worker=True, migrate_first=True)
@@ -800,9 +839,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "backups":
             return _backups_command(settings, args)
     except TaskhubError as exc:
-        print(f"taskhub: error: {exc.message}", file=sys.stderr)
+        print(f"taskhub: {process}error: {exc.message}", file=sys.stderr)
         return exc.exit_code
     except (psycopg.OperationalError, ConnectorException) as exc:
-        print(f"taskhub: error: cannot reach the database: {exc}".rstrip(), file=sys.stderr)
+        message = f"taskhub: {process}error: cannot reach the database: {exc}"
+        print(message.rstrip(), file=sys.stderr)
         return 1
     return 0

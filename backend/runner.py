@@ -1,4 +1,8 @@
-"""Run the API and/or a worker in one event loop, and stop them cleanly on SIGINT/SIGTERM."""
+"""Run the API and/or the workers in one event loop, and stop them cleanly on SIGINT/SIGTERM.
+
+One worker process runs in this event loop; several run as children of a
+:class:`~backend.supervisor.WorkerSupervisor` this loop drives.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import procrastinate
+import psycopg
 import uvicorn
+from procrastinate.exceptions import ConnectorException
 
 from backend.api import create_app
 from backend.errors import SettingsError, TaskhubError
@@ -19,6 +25,7 @@ from backend.queue import build_task_app
 from backend.runtime.context import SETTINGS_KEY
 from backend.runtime.worker import TaskhubWorker
 from backend.settings import Settings
+from backend.supervisor import WorkerSupervisor
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +46,7 @@ class _Server(uvicorn.Server):
 class WorkerOptions:
     queues: list[str] | None
     concurrency: int
+    processes: int = 1  # more than one: child processes, each running one worker
 
 
 def bind_api_socket(host: str, port: int) -> socket.socket:
@@ -55,6 +63,17 @@ def bind_api_socket(host: str, port: int) -> socket.socket:
         ) from None
     sock.set_inheritable(True)
     return sock
+
+
+def _describe(error: BaseException) -> str:
+    """A database error's first line (procrastinate's ConnectorException says only
+    "Database error": its cause does)."""
+    if isinstance(error, ConnectorException) and error.__cause__ is not None:
+        error = error.__cause__
+    if isinstance(error, psycopg.Error):
+        first_line = (str(error).strip().splitlines() or [""])[0]
+        return f"database error: {type(error).__name__}: {first_line}"
+    return repr(error)
 
 
 async def run_worker(app: procrastinate.App, settings: Settings, options: WorkerOptions) -> None:
@@ -83,11 +102,26 @@ async def run_services(
     worker: WorkerOptions | None,
     on_ready: Callable[[], None] | None = None,
 ) -> None:
-    """Run until a signal arrives or a service stops; raise :class:`ServiceFailed` on the latter."""
+    """Run until a signal arrives or a service stops; raise :class:`ServiceFailed` on the latter.
+
+    With several worker processes, signals stay handled until every child has exited: a
+    second SIGINT/SIGTERM kills the children rather than the parent, which would leave them
+    running on without it.
+    """
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
+    received: list[signal.Signals] = []
+    supervisor: WorkerSupervisor | None = None
+
+    def on_signal(sig: signal.Signals) -> None:
+        received.append(sig)
+        if not stop.is_set():
+            stop.set()
+        elif supervisor is not None:
+            supervisor.stop(sig)
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal, sig)
 
     services: dict[str, asyncio.Task[None]] = {}
     server: _Server | None = None
@@ -100,7 +134,12 @@ async def run_services(
         )
         server = _Server(config)
         services["api"] = asyncio.create_task(server.serve(sockets=[api_socket]), name="api")
-    if worker is not None:
+    if worker is not None and worker.processes > 1:
+        # A setting the children would refuse (e.g. TASKHUB_SCHEDULES) fails here, once.
+        build_task_app(url, settings)
+        supervisor = WorkerSupervisor(settings, url, worker.processes)
+        services["workers"] = asyncio.create_task(supervisor.run(), name="workers")
+    elif worker is not None:
         task_app = build_task_app(url, settings)
         services["worker"] = asyncio.create_task(
             run_worker(task_app, settings, worker), name="worker"
@@ -118,8 +157,9 @@ async def run_services(
             [stop_waiter, *services.values()], return_when=asyncio.FIRST_COMPLETED
         )
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
+        if supervisor is None:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
         stop_waiter.cancel()
         failed = [name for name, task in services.items() if task.done()]
         logger.info("stopping %s", ", ".join(services) or "nothing")
@@ -127,9 +167,18 @@ async def run_services(
             server.should_exit = True
         if "worker" in services:
             services["worker"].cancel()
-        results = await asyncio.gather(*services.values(), return_exceptions=True)
+        if supervisor is not None:
+            supervisor.stop(received[0] if received else signal.SIGTERM)
+        try:
+            results = await asyncio.gather(*services.values(), return_exceptions=True)
+        finally:
+            if supervisor is not None:
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    loop.remove_signal_handler(sig)
     for name, result in zip(services, results, strict=True):
+        if isinstance(result, TaskhubError):
+            raise result  # its message is already the one line to show
         if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
-            raise ServiceFailed(f"{name} failed: {result!r}") from result
+            raise ServiceFailed(f"{name} failed: {_describe(result)}") from result
     if failed and stop_waiter not in done:
         raise ServiceFailed(f"{', '.join(failed)} stopped unexpectedly")

@@ -6,6 +6,7 @@ Every setting reads an environment variable with the ``TASKHUB_`` prefix, except
 
 from __future__ import annotations
 
+import os
 import zoneinfo
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -43,6 +44,13 @@ class Settings(BaseSettings):
     worker_concurrency: int = Field(default=10, ge=1, le=10_000)
     worker_queues: list[str] | None = Field(
         default=None, description="Queues a worker serves; all queues when unset."
+    )
+    worker_processes: int | None = Field(
+        default=None,
+        ge=1,
+        le=1000,
+        description="Worker processes `taskhub worker` and `taskhub up` run; one per core when "
+        "unset.",
     )
     fetch_polling_interval: float = Field(
         default=5.0,
@@ -225,6 +233,16 @@ class Settings(BaseSettings):
             queues = [queue.strip() for queue in value.split(",") if queue.strip()]
             return queues or None
         return value
+
+    @field_validator("worker_processes", mode="before")
+    @classmethod
+    def _empty_processes(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @property
+    def worker_process_count(self) -> int:
+        """TASKHUB_WORKER_PROCESSES, or one per core."""
+        return self.worker_processes or os.cpu_count() or 1
 
     @field_validator("pool_max_size")
     @classmethod

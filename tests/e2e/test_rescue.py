@@ -56,7 +56,7 @@ def test_a_killed_workers_job_completes_on_another_worker(
 ) -> None:
     env = clean_env(DATABASE_URL=db_url, **FAST_HEARTBEATS)
     job_id = defer(db_url, ping, {"message": "survivor", "sleep": 1})
-    doomed = spawn(["worker"], tmp_path, env)
+    doomed = spawn(["worker", "--processes", "1"], tmp_path, env)  # the worker itself
     wait_status(db_url, job_id, "doing")
     doomed.kill()  # kill -9, mid-job
     time.sleep(2.5)  # longer than TASKHUB_RESCUE_AFTER without a heartbeat
@@ -77,7 +77,7 @@ def test_a_frozen_worker_that_wakes_up_is_fenced(
 ) -> None:
     env = clean_env(DATABASE_URL=db_url, **FAST_HEARTBEATS)
     job_id = defer(db_url, ping, {"message": "exactly once", "sleep": 1})
-    zombie = spawn(["worker"], tmp_path, env)
+    zombie = spawn(["worker", "--processes", "1"], tmp_path, env)
     wait_status(db_url, job_id, "doing")
     zombie.process.send_signal(signal.SIGSTOP)
     try:
