@@ -1,25 +1,26 @@
 """The procrastinate app factory, and deferring jobs inside the caller's transaction.
 
-``defer`` runs procrastinate's own defer statement on the connection you pass, so the
-job commits or rolls back with your business rows; NOTIFY is transactional too, so a
-rolled-back job never wakes a worker.
+``defer`` runs one INSERT on the connection you pass (no pool, no BEGIN or COMMIT of its
+own), so the job commits or rolls back with your business rows; procrastinate's triggers
+record the job's 'deferred' event and NOTIFY the workers, and NOTIFY is transactional too,
+so a rolled-back job never wakes a worker.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime
-import functools
 import math
+import re
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, LiteralString
 
 import procrastinate
-from procrastinate import exceptions as procrastinate_exceptions
 from procrastinate.jobs import Job
-from procrastinate.manager import JobManager
-from psycopg import AsyncConnection, Connection
-from psycopg.rows import dict_row
+from procrastinate.manager import QUEUEING_LOCK_CONSTRAINT
+from psycopg import AsyncConnection, Connection, errors
+from psycopg.rows import dict_row, tuple_row
+from psycopg.types.json import Jsonb
 from pydantic import (
     AwareDatetime,
     BaseModel,
@@ -31,6 +32,7 @@ from pydantic import (
 )
 
 from backend.errors import AlreadyQueued, UnknownTask
+from backend.queries import QUERIES
 from backend.registry import TaskBlueprint, TaskDefinition, describe_validation_error
 from backend.runtime.manager import TaskhubJobManager
 from backend.schedules import configured_schedules
@@ -194,12 +196,6 @@ def get_task(name: str) -> TaskDefinition[Any]:
         raise UnknownTask(f"unknown task {name!r}; registered tasks: {known}") from None
 
 
-@functools.cache
-def _job_manager() -> JobManager:
-    # The connector is never opened: every call below passes the caller's connection.
-    return JobManager(procrastinate.PsycopgConnector())
-
-
 def _scheduled_at(
     schedule_at: datetime.datetime | None, schedule_in: datetime.timedelta | float | None
 ) -> datetime.datetime | None:
@@ -257,21 +253,63 @@ async def batch_defer(
     return await insert_jobs(conn, [make_job(task, args, **options) for args in many_args])
 
 
+def _insert_statement(jobs: list[Job]) -> tuple[LiteralString, dict[str, Any]]:
+    if len(jobs) == 1:
+        [job] = jobs
+        return QUERIES["defer_job"], {
+            "queue": job.queue,
+            "task": job.task_name,
+            "priority": job.priority,
+            "lock": job.lock,
+            "queueing_lock": job.queueing_lock,
+            "args": Jsonb(job.task_kwargs),
+            "scheduled_at": job.scheduled_at,
+        }
+    return QUERIES["defer_jobs"], {
+        "queues": [job.queue for job in jobs],
+        "tasks": [job.task_name for job in jobs],
+        "priorities": [job.priority for job in jobs],
+        "locks": [job.lock for job in jobs],
+        "queueing_locks": [job.queueing_lock for job in jobs],
+        "args": [Jsonb(job.task_kwargs) for job in jobs],
+        "scheduled_ats": [job.scheduled_at for job in jobs],
+    }
+
+
+def _already_queued(exc: errors.UniqueViolation, jobs: list[Job]) -> Exception:
+    """procrastinate's message for a taken queueing lock; any other violation as it is."""
+    if exc.diag.constraint_name != QUEUEING_LOCK_CONSTRAINT:
+        return exc
+    taken = re.search(r"\(queueing_lock\)=\((.*)\)", exc.diag.message_detail or "")
+    lock = taken.group(1) if taken else next(job.queueing_lock for job in jobs if job.queueing_lock)
+    return AlreadyQueued(
+        f"Job cannot be enqueued: there is already a job in the queue with the queueing lock {lock}"
+    )
+
+
 async def insert_jobs(conn: AsyncConnection[Any], jobs: list[Job]) -> list[int]:
     """Insert jobs built (and validated) by :func:`make_job`, in one statement on ``conn``."""
+    if not jobs:
+        return []
+    query, params = _insert_statement(jobs)
     try:
-        deferred = await _job_manager().batch_defer_jobs_async(jobs, connection=conn)
-    except procrastinate_exceptions.AlreadyEnqueued as exc:
-        raise AlreadyQueued(str(exc)) from None
-    return [job.id for job in deferred if job.id is not None]
+        async with conn.cursor(row_factory=tuple_row) as cursor:
+            await cursor.execute(query, params)
+            rows = await cursor.fetchall()
+    except errors.UniqueViolation as exc:
+        raise _already_queued(exc, jobs) from None
+    return [row[0] for row in rows]
 
 
 def defer_sync(conn: Connection[Any], task: TaskDefinition[Any], args: Args, **options: Any) -> int:
     """Like :func:`defer`, for synchronous psycopg connections (Flask, Django, scripts)."""
     job = make_job(task, args, **options)
+    query, params = _insert_statement([job])
     try:
-        deferred = _job_manager().batch_defer_jobs([job], connection=conn)
-    except procrastinate_exceptions.AlreadyEnqueued as exc:
-        raise AlreadyQueued(str(exc)) from None
-    assert deferred[0].id is not None
-    return deferred[0].id
+        with conn.cursor(row_factory=tuple_row) as cursor:
+            cursor.execute(query, params)
+            row = cursor.fetchone()
+    except errors.UniqueViolation as exc:
+        raise _already_queued(exc, [job]) from None
+    assert row is not None
+    return int(row[0])

@@ -226,6 +226,26 @@ SELECT id,
        taskhub.wake_workers(id, queue_name) AS woken
   FROM stalled;
 
+-- defer_job --
+-- One job, in one statement on the caller's connection and transaction: the INSERT of
+-- procrastinate_defer_jobs_v1 without the function around it. procrastinate's triggers still
+-- record the 'deferred' event and NOTIFY the workers (at the caller's commit).
+INSERT INTO procrastinate_jobs
+       (queue_name, task_name, priority, lock, queueing_lock, args, scheduled_at)
+VALUES (%(queue)s, %(task)s, %(priority)s, %(lock)s, %(queueing_lock)s, %(args)s::jsonb,
+        %(scheduled_at)s)
+RETURNING id;
+
+-- defer_jobs --
+-- Many jobs in one statement, as defer_job; ids come back in the order of the arrays.
+INSERT INTO procrastinate_jobs
+       (queue_name, task_name, priority, lock, queueing_lock, args, scheduled_at)
+SELECT *
+  FROM unnest(%(queues)s::varchar[], %(tasks)s::varchar[], %(priorities)s::integer[],
+              %(locks)s::varchar[], %(queueing_locks)s::varchar[], %(args)s::jsonb[],
+              %(scheduled_ats)s::timestamptz[])
+RETURNING id;
+
 -- fetch_job --
 -- One job, procrastinate's fetch_job query through taskhub.fetch_job (skips paused queues).
 SELECT id, status, task_name, priority, lock, queueing_lock, args, scheduled_at, queue_name,

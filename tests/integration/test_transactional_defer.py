@@ -133,9 +133,30 @@ async def test_batch_defer_is_one_statement_in_the_transaction(conn: DictConnect
         ids = await queue.batch_defer(conn, ping, [{"message": n} for n in range(50)], queue="bulk")
     assert len(set(ids)) == 50
     cursor = await conn.execute(
-        "SELECT count(*) AS n FROM procrastinate_jobs WHERE queue_name = 'bulk'"
+        "SELECT id, args->>'message' AS message, queue_name, status,"
+        " (SELECT array_agg(type::text) FROM procrastinate_events e WHERE e.job_id = j.id) AS events"
+        " FROM procrastinate_jobs j ORDER BY id"
     )
-    assert await cursor.fetchone() == {"n": 50}
+    rows = await cursor.fetchall()
+    assert [(row["id"], row["message"]) for row in rows] == [
+        (job_id, str(n)) for n, job_id in enumerate(ids)
+    ], "each id is the job of the arguments at its position"
+    assert {(row["queue_name"], row["status"], tuple(row["events"])) for row in rows} == {
+        ("bulk", "todo", ("deferred",))
+    }
+
+
+async def test_a_taken_queueing_lock_in_a_batch_enqueues_none_of_it(
+    conn: DictConnection,
+) -> None:
+    await queue.defer(conn, ping, {}, queueing_lock="invoice-7")
+    await conn.commit()
+    with pytest.raises(AlreadyQueued, match="invoice-7"):
+        await queue.batch_defer(
+            conn, ping, [{"message": 1}, {"message": 2}], queueing_lock="invoice-7"
+        )
+    await conn.rollback()
+    assert await count_jobs(conn) == 1
 
 
 def test_sync_defer_with_a_sync_connection(db_url: str) -> None:
@@ -147,3 +168,13 @@ def test_sync_defer_with_a_sync_connection(db_url: str) -> None:
             raise RuntimeError
         rows = sync_conn.execute("SELECT id, priority, args FROM procrastinate_jobs").fetchall()
     assert rows == [{"id": job_id, "priority": 5, "args": {"message": "from flask", "sleep": 0.0}}]
+
+
+def test_sync_defer_refuses_a_taken_queueing_lock(db_url: str) -> None:
+    with psycopg.connect(db_url) as sync_conn:
+        queue.defer_sync(sync_conn, ping, {}, queueing_lock="payroll-2026-11")
+        sync_conn.commit()
+        with pytest.raises(AlreadyQueued, match="payroll-2026-11"):
+            queue.defer_sync(sync_conn, ping, {}, queueing_lock="payroll-2026-11")
+        sync_conn.rollback()
+        assert sync_conn.execute("SELECT count(*) FROM procrastinate_jobs").fetchone() == (1,)
