@@ -12,6 +12,7 @@ import logging
 import signal
 import socket
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import procrastinate
@@ -90,8 +91,13 @@ async def run_worker(app: procrastinate.App, settings: Settings, options: Worker
         listen_notify=True,
         additional_context={SETTINGS_KEY: settings},
     )
+    # Sync tasks run in the loop's default thread pool (procrastinate's sync_to_async), which
+    # holds min(32, cores + 4) threads: as many threads as slots, so none waits for one.
+    asyncio.get_running_loop().set_default_executor(
+        ThreadPoolExecutor(max_workers=options.concurrency, thread_name_prefix="taskhub-job")
+    )
     async with app.open_async():
-        await worker.run()  # type: ignore[no-untyped-call]
+        await worker.run()
 
 
 async def run_services(

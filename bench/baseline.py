@@ -230,7 +230,7 @@ class TaskhubColumn:
         worker = TaskhubWorker(
             app=self.app, additional_context={SETTINGS_KEY: self.settings}, **options
         )
-        await worker.run()  # type: ignore[no-untyped-call]
+        await worker.run()
 
 
 async def noop(message: Any = None, sleep: float = 0) -> Any:

@@ -104,7 +104,7 @@ async def hooked_worker(
 
     async def run() -> None:
         async with app.open_async():
-            await worker.run()  # type: ignore[no-untyped-call]
+            await worker.run()
 
     task = asyncio.create_task(run())
     try:

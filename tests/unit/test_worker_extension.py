@@ -7,12 +7,13 @@ any integration test shows lost results or errors.
 from __future__ import annotations
 
 import inspect
+import logging
 
 from procrastinate import JobContext
 from procrastinate.periodic import PeriodicDeferrer
 from procrastinate.worker import Worker
 
-from backend.runtime.worker import TaskhubWorker, WakeEvent
+from backend.runtime.worker import RoutineJobLines, TaskhubWorker, WakeEvent
 
 
 def test_persist_job_status_signature_is_the_one_we_override() -> None:
@@ -82,3 +83,21 @@ def test_the_batching_loop_replaces_the_methods_procrastinate_calls() -> None:
     assert "self._abort_job(" in inspect.getsource(Worker._handle_abort_jobs_requested)
     assert "self._log_extra(" in inspect.getsource(Worker._process_job)
     assert "self._job_ids_to_abort" in inspect.getsource(Worker._abort_job)
+
+
+def test_routine_job_lines_show_at_debug_only() -> None:
+    routine = RoutineJobLines()
+    logger = logging.getLogger("procrastinate.worker.worker")
+    start = logger.makeRecord(logger.name, logging.INFO, __file__, 1, "Starting job", (), None)
+    start.action = "start_job"
+    failure = logger.makeRecord(logger.name, logging.ERROR, __file__, 1, "Job failed", (), None)
+    failure.action = "job_error"
+    previous = logger.level
+    try:
+        logger.setLevel(logging.INFO)
+        assert not routine.filter(start)
+        assert routine.filter(failure)
+        logger.setLevel(logging.DEBUG)
+        assert routine.filter(start)
+    finally:
+        logger.setLevel(previous)
