@@ -303,13 +303,21 @@ async def insert_jobs(conn: AsyncConnection[Any], jobs: list[Job]) -> list[int]:
 
 def defer_sync(conn: Connection[Any], task: TaskDefinition[Any], args: Args, **options: Any) -> int:
     """Like :func:`defer`, for synchronous psycopg connections (Flask, Django, scripts)."""
-    job = make_job(task, args, **options)
-    query, params = _insert_statement([job])
+    return batch_defer_sync(conn, task, [args], **options)[0]
+
+
+def batch_defer_sync(
+    conn: Connection[Any], task: TaskDefinition[Any], many_args: Iterable[Args], **options: Any
+) -> list[int]:
+    """Like :func:`batch_defer`, for synchronous psycopg connections."""
+    jobs = [make_job(task, args, **options) for args in many_args]
+    if not jobs:
+        return []
+    query, params = _insert_statement(jobs)
     try:
         with conn.cursor(row_factory=tuple_row) as cursor:
             cursor.execute(query, params)
-            row = cursor.fetchone()
+            rows = cursor.fetchall()
     except errors.UniqueViolation as exc:
-        raise _already_queued(exc, [job]) from None
-    assert row is not None
-    return int(row[0])
+        raise _already_queued(exc, jobs) from None
+    return [row[0] for row in rows]
