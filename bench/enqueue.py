@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import logging
 import statistics
 import sys
@@ -196,16 +197,18 @@ class ProcrastinateFlavour(Flavour):
 # --------------------------------------------------------------------------- job rates
 
 
-async def rate_sequential(flavour: Flavour, count: int) -> float:
+async def time_sequential(flavour: Flavour, count: int) -> float:
+    """Seconds for ``count`` defers one after the other, the flavour's usual way."""
     for i in range(WARMUP):
         await flavour.defer_one(-1 - i)
     started = time.perf_counter()
     for i in range(count):
         await flavour.defer_one(i)
-    return count / (time.perf_counter() - started)
+    return time.perf_counter() - started
 
 
-async def rate_held(flavour: Flavour, url: str, count: int) -> float:
+async def time_held(flavour: Flavour, url: str, count: int) -> float:
+    """Seconds for ``count`` transactions of one defer on one held autocommit connection."""
     async with await AsyncConnection.connect(url, autocommit=True) as conn:
         for i in range(WARMUP):
             async with conn.transaction():
@@ -214,11 +217,11 @@ async def rate_held(flavour: Flavour, url: str, count: int) -> float:
         for i in range(count):
             async with conn.transaction():
                 await flavour.defer_on(conn, i)
-        return count / (time.perf_counter() - started)
+        return time.perf_counter() - started
 
 
-async def rate_concurrent(flavour: Flavour, count: int, tasks: int) -> float:
-    """``tasks`` concurrent callers share ``count`` defers, each in a transaction of its own."""
+async def time_concurrent(flavour: Flavour, count: int, tasks: int) -> float:
+    """Seconds for ``tasks`` concurrent callers to share ``count`` one-job transactions."""
 
     async def run(total: int) -> float:
         remaining = total
@@ -231,47 +234,100 @@ async def rate_concurrent(flavour: Flavour, count: int, tasks: int) -> float:
 
         started = time.perf_counter()
         await asyncio.gather(*(caller() for _ in range(tasks)))
-        return total / (time.perf_counter() - started)
+        return time.perf_counter() - started
 
     await run(WARMUP * tasks)  # also grows the pool to ``tasks`` connections
     return await run(count)
 
 
-async def rate_batched(flavour: Flavour, count: int, batch_size: int) -> float:
+async def time_batched(flavour: Flavour, count: int, batch_size: int) -> float:
     started = time.perf_counter()
     for start in range(0, count, batch_size):
         await flavour.defer_batch(start, min(batch_size, count - start))
-    return count / (time.perf_counter() - started)
+    return time.perf_counter() - started
 
 
-async def measure_flavour(name: str, options: EnqueueOptions) -> FlavourEnqueue:
-    async with fresh_database(options.admin_url, f"enqueue_{name}") as url:
-        settings = load_settings(database_url=url)
-        flavour: Flavour = (
-            TaskhubFlavour(url, settings)
-            if name == "taskhub"
-            else ProcrastinateFlavour(url, settings)
+async def measure_rates(options: EnqueueOptions) -> list[FlavourEnqueue]:
+    """Every rate for every flavour, each on a fresh database of its own, all open at once.
+
+    Each figure is taken in two halves, in the order A B B A across the flavours, and the rate
+    is all jobs over all time: drift in the machine's load (other processes, checkpoints)
+    then falls on both flavours alike instead of on whichever ran second.
+    """
+    names = list(options.flavours)
+    async with contextlib.AsyncExitStack() as stack:
+        flavours: dict[str, Flavour] = {}
+        urls: dict[str, str] = {}
+        observers: dict[str, AsyncConnection[Any]] = {}
+        for name in names:
+            url = await stack.enter_async_context(
+                fresh_database(options.admin_url, f"enqueue_{name}")
+            )
+            settings = load_settings(database_url=url)
+            flavour: Flavour = (
+                TaskhubFlavour(url, settings)
+                if name == "taskhub"
+                else ProcrastinateFlavour(url, settings)
+            )
+            await stack.enter_async_context(flavour.opened())
+            observers[name] = await stack.enter_async_context(
+                await AsyncConnection.connect(url, autocommit=True)
+            )
+            flavours[name], urls[name] = flavour, url
+
+        half = max(1, options.single_jobs // 2)
+        batch_half = max(1, options.batch_jobs // 2)
+
+        async def abba(
+            label: str, count: int, timed: Callable[[str], Awaitable[float]]
+        ) -> dict[str, float]:
+            seconds = dict.fromkeys(names, 0.0)
+            for order in (names, names[::-1]):
+                for name in order:
+                    await settle(observers[name])
+                    seconds[name] += await timed(name)
+            rates = {name: 2 * count / seconds[name] for name in names}
+            progress(
+                "enqueue", f"{label}: " + ", ".join(f"{n} {r:,.0f}/s" for n, r in rates.items())
+            )
+            return rates
+
+        pool = await abba(
+            "1 job per transaction, pool", half, lambda n: time_sequential(flavours[n], half)
         )
-        async with (
-            flavour.opened(),
-            await AsyncConnection.connect(url, autocommit=True) as observer,
-        ):
-            await settle(observer)
-            single = await rate_sequential(flavour, options.single_jobs)
-            progress(name, f"1 job per transaction, pool: {single:,.0f} jobs/s")
-            await settle(observer)
-            held = await rate_held(flavour, url, options.single_jobs)
-            progress(name, f"1 job per transaction, held connection: {held:,.0f} jobs/s")
-            concurrent: dict[int, float] = {}
-            for tasks in options.concurrency:
-                await settle(observer)
-                concurrent[tasks] = await rate_concurrent(flavour, options.single_jobs, tasks)
-                progress(name, f"1 job per transaction, {tasks} callers: {concurrent[tasks]:,.0f}")
-            await observer.execute("TRUNCATE procrastinate_jobs RESTART IDENTITY CASCADE")
-            await settle(observer)
-            batched = await rate_batched(flavour, options.batch_jobs, options.batch_size)
-            progress(name, f"batches of {options.batch_size:,}: {batched:,.0f} jobs/s")
-    return FlavourEnqueue(name, single, held, concurrent, batched)
+        held = await abba(
+            "1 job per transaction, held connection",
+            half,
+            lambda n: time_held(flavours[n], urls[n], half),
+        )
+        concurrent: dict[int, dict[str, float]] = {}
+
+        async def concurrent_for(name: str, *, tasks: int) -> float:
+            return await time_concurrent(flavours[name], half, tasks)
+
+        for tasks in options.concurrency:
+            concurrent[tasks] = await abba(
+                f"1 job per transaction, {tasks} callers",
+                half,
+                functools.partial(concurrent_for, tasks=tasks),
+            )
+        for name in names:
+            await observers[name].execute("TRUNCATE procrastinate_jobs RESTART IDENTITY CASCADE")
+        batched = await abba(
+            f"batches of {options.batch_size:,}",
+            batch_half,
+            lambda n: time_batched(flavours[n], batch_half, options.batch_size),
+        )
+    return [
+        FlavourEnqueue(
+            name,
+            pool[name],
+            held[name],
+            {tasks: concurrent[tasks][name] for tasks in options.concurrency},
+            batched[name],
+        )
+        for name in names
+    ]
 
 
 # --------------------------------------------------------------------------- business txn
@@ -415,7 +471,7 @@ async def measure_business(options: EnqueueOptions) -> list[TxnVariant]:
 async def measure(options: EnqueueOptions) -> EnqueueFigures:
     """All enqueue figures: each flavour on its own database, then the business transaction."""
     load_before = load_average()
-    flavours = [await measure_flavour(name, options) for name in options.flavours]
+    flavours = await measure_rates(options) if options.flavours else []
     business = await measure_business(options) if options.business_reps > 0 else []
     return EnqueueFigures(options, flavours, business, load_before, load_average())
 

@@ -20,6 +20,7 @@ import contextlib
 import logging
 import random
 import secrets
+import statistics
 import sys
 import time
 from collections import Counter
@@ -64,6 +65,9 @@ class StatusOptions:
     #: Jobs finished before the timed window, so that there are finished ids to ask for.
     predrain: int = 2_000
     connections: int = 8
+    #: Close each connection after its request instead of keeping it alive (a diagnostic:
+    #: it shows the endpoint without what keep-alive connections add or avoid).
+    fresh_connections: bool = False
     idle_phase: bool = True
 
 
@@ -92,6 +96,10 @@ class Phase:
 class StatusFigures:
     options: StatusOptions
     phases: list[Phase]
+    #: Median of sequential ``GET /health`` on one connection, before the workers start: about
+    #: 40 ms instead of well under 1 when the server's sockets lack TCP_NODELAY (Nagle's
+    #: algorithm waiting for the client's delayed ACK).
+    sequential_health_ms: float
     worker_command: str
     load_before: str
     load_after: str
@@ -256,6 +264,16 @@ async def timed_phase(
 # --------------------------------------------------------------------------- the run
 
 
+async def sequential_health(client: httpx.AsyncClient, count: int = 20) -> float:
+    """Median time of ``count`` one-after-the-other ``GET /health`` (ms)."""
+    times = []
+    for _ in range(count):
+        started = time.perf_counter()
+        (await client.get("/health")).raise_for_status()
+        times.append((time.perf_counter() - started) * 1000)
+    return statistics.median(times)
+
+
 async def enqueue_backlog(url: str, count: int) -> tuple[int, int]:
     ids: list[int] = []
     async with await AsyncConnection.connect(url, autocommit=True) as conn:
@@ -311,7 +329,9 @@ async def measure(options: StatusOptions) -> StatusFigures:
                     headers={"Authorization": f"Bearer {secret}"},
                     limits=httpx.Limits(
                         max_connections=options.connections,
-                        max_keepalive_connections=options.connections,
+                        max_keepalive_connections=(
+                            0 if options.fresh_connections else options.connections
+                        ),
                     ),
                     timeout=30,
                 ) as client:
@@ -326,6 +346,8 @@ async def measure(options: StatusOptions) -> StatusFigures:
                         (
                             await client.get(f"/jobs/{random.randint(first, last)}")
                         ).raise_for_status()
+                    health_ms = await sequential_health(client)
+                    progress("status", f"sequential GET /health: {health_ms:.2f} ms")
 
                     for argv in argvs:
                         workers.start(argv, subprocess_env(url, TASKHUB_WORKER_PROCESSES="1"))
@@ -360,7 +382,7 @@ async def measure(options: StatusOptions) -> StatusFigures:
                                 "no worker", client, observer, picker, options, api, None
                             )
                         )
-    return StatusFigures(options, phases, worker_command, load_before, load_average())
+    return StatusFigures(options, phases, health_ms, worker_command, load_before, load_average())
 
 
 # --------------------------------------------------------------------------- report
@@ -382,6 +404,10 @@ def render(figures: StatusFigures) -> str:
         row("latency p95 (ms)", lambda p: f"{p.latency.p95:.2f}"),
         row("latency p99 (ms)", lambda p: f"{p.latency.p99:.2f}"),
         row("latency max (ms)", lambda p: f"{p.latency.max:.2f}"),
+        row(
+            "sequential GET /health, before the windows (ms)",
+            lambda p: f"{figures.sequential_health_ms:.2f}",
+        ),
         row("requests / errors", lambda p: f"{p.requests:,} / {p.errors}"),
         row("client lag p99 (ms)", lambda p: f"{p.client_lag_p99:.2f}"),
         row("ids asked for", lambda p: mix(p.asked)),
@@ -392,6 +418,13 @@ def render(figures: StatusFigures) -> str:
         row("backlog still queued at the end", lambda p: f"{p.queued_at_end:,}"),
     ]
     notes = []
+    if figures.sequential_health_ms > 20 and not o.fresh_connections:
+        notes.append(
+            f"**Sequential requests on one kept-alive connection take "
+            f"{figures.sequential_health_ms:.0f} ms**: the API's sockets most likely lack "
+            "TCP_NODELAY (a listening socket created with protocol 0 makes asyncio skip it), so "
+            "each response waits for the client's delayed ACK. Compare `--fresh-connections`."
+        )
     for p in figures.phases:
         if p.label == "workers draining" and p.queued_at_end == 0:
             notes.append("**The backlog ran out during the loaded window**: raise `--backlog`.")
@@ -400,7 +433,8 @@ def render(figures: StatusFigures) -> str:
             "## Status endpoint under load",
             "",
             f"Open loop: {o.rate:g} requests/s for {o.duration:g} s per window, latency from "
-            f"each request's scheduled send time; httpx with up to {o.connections} keep-alive "
+            f"each request's scheduled send time; httpx with up to {o.connections} "
+            f"{'new (one per request)' if o.fresh_connections else 'keep-alive'} "
             f"connections; backlog {o.backlog:,} `taskhub.ping` jobs, workers: "
             f"`{figures.worker_command}`; {figures.load_before} before, {figures.load_after} "
             "after. Goal with the workers draining: p99 < 10 ms.",
@@ -421,6 +455,11 @@ def parse_args(argv: Sequence[str] | None = None) -> StatusOptions:
     parser.add_argument("--predrain", type=int, default=2_000)
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--no-idle", action="store_true", help="skip the no-worker window")
+    parser.add_argument(
+        "--fresh-connections",
+        action="store_true",
+        help="a new connection per request instead of keep-alive (diagnostic)",
+    )
     ns = parser.parse_args(argv)
     if ns.rate <= 0 or ns.duration <= 0 or ns.backlog < 10_000 or ns.processes < 1:
         parser.error("--rate, --duration > 0; --backlog >= 10000; --processes >= 1")
@@ -432,6 +471,7 @@ def parse_args(argv: Sequence[str] | None = None) -> StatusOptions:
         processes=ns.processes,
         predrain=min(ns.predrain, ns.backlog // 4),
         connections=ns.connections,
+        fresh_connections=ns.fresh_connections,
         idle_phase=not ns.no_idle,
     )
 
