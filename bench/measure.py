@@ -317,7 +317,10 @@ class QuietReport:
 
     @property
     def quiet(self) -> bool:
-        return (self.busy is None or self.busy <= 0.1) and self.load1 <= 0.5 * (os.cpu_count() or 1)
+        # The load average lags by minutes; the sampled busy share is what counts.
+        if self.busy is not None:
+            return self.busy <= 0.1
+        return self.load1 <= 0.5 * (os.cpu_count() or 1)
 
     def describe(self) -> str:
         load = f"load average {self.load1:.2f} (1 min)"

@@ -562,7 +562,7 @@ async def drain(
             left = await measure.fetch_value(observer, system.count_unfinished_query())
             statements += 1
             log(f"  {jobs - int(left):,} of {jobs:,} done after {now - started:.0f} s")
-            next_progress += PROGRESS_EVERY
+            next_progress = now + PROGRESS_EVERY
         await asyncio.sleep(poll_interval)
 
 
@@ -718,7 +718,7 @@ async def measure_celery(redis_url: str, jobs: int, processes: int, poll_interva
                     raise TimeoutError(f"{done} of {jobs} done after {now - started:.0f} s")
                 if now >= next_progress:
                     log(f"  {done:,} of {jobs:,} done after {now - started:.0f} s")
-                    next_progress += PROGRESS_EVERY
+                    next_progress = now + PROGRESS_EVERY
                 await asyncio.sleep(poll_interval)
             elapsed = time.perf_counter() - started
             workers_cpu = workers.cpu_seconds() - workers_before
