@@ -231,6 +231,18 @@ class TaskhubWorker(Worker):
         extra: dict[str, Any] = super()._log_extra(action, context, job_result, **kwargs)
         return extra
 
+    def _log_job_outcome(
+        self,
+        status: jobs.Status,
+        context: JobContext,
+        job_result: JobResult | None,
+        job_retry: exceptions.JobRetry | None,
+        exc_info: bool | BaseException = False,
+    ) -> None:
+        if status == jobs.Status.SUCCEEDED and not self.logger.isEnabledFor(logging.DEBUG):
+            return  # a routine line (see RoutineJobLines), not even built
+        super()._log_job_outcome(status, context, job_result, job_retry, exc_info)
+
     async def _periodic_deferrer(self) -> None:
         """procrastinate's periodic deferrer, with cron in TASKHUB_TIMEZONE (see schedules)."""
         settings = (self.additional_context or {}).get(SETTINGS_KEY)

@@ -76,7 +76,7 @@ def test_the_batching_loop_replaces_the_methods_procrastinate_calls() -> None:
     assert "self._running_jobs" in inspect.getsource(Worker._shutdown)
     run = inspect.getsource(Worker.run)
     assert run.index("register_worker") < run.index("self._run_loop()"), "worker_id set first"
-    for name in ("_abort_job", "_handle_abort_jobs_requested", "_log_extra"):
+    for name in ("_abort_job", "_handle_abort_jobs_requested", "_log_extra", "_log_job_outcome"):
         ours = list(inspect.signature(getattr(TaskhubWorker, name)).parameters)
         theirs = list(inspect.signature(getattr(Worker, name)).parameters)
         assert ours == theirs, name
