@@ -286,16 +286,31 @@ def parse_args(argv: Sequence[str] | None = None) -> LatencyOptions:
     parser.add_argument("--samples", type=int, default=500)
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument(
+        "--pause-ms",
+        default="5,15",
+        help="random pause between samples, MIN,MAX milliseconds (default: %(default)s); "
+        "0,0 keeps the machine from idling between samples",
+    )
+    parser.add_argument(
         "--flavours", default=",".join(FLAVOURS), help="comma-separated: taskhub,procrastinate"
     )
     ns = parser.parse_args(argv)
     flavours = tuple(f for f in ns.flavours.split(",") if f)
     if not flavours or any(f not in FLAVOURS for f in flavours):
         parser.error(f"--flavours: choose among {', '.join(FLAVOURS)}")
-    if ns.samples < 1 or ns.warmup < 0:
-        parser.error("--samples must be >= 1, --warmup >= 0")
+    try:
+        pause_min, pause_max = (float(part) / 1000 for part in ns.pause_ms.split(","))
+    except ValueError:
+        parser.error("--pause-ms: MIN,MAX in milliseconds, e.g. 5,15")
+    if ns.samples < 1 or ns.warmup < 0 or not 0 <= pause_min <= pause_max:
+        parser.error("--samples must be >= 1, --warmup >= 0, 0 <= MIN <= MAX")
     return LatencyOptions(
-        admin_url=ns.database_url, samples=ns.samples, warmup=ns.warmup, flavours=flavours
+        admin_url=ns.database_url,
+        samples=ns.samples,
+        warmup=ns.warmup,
+        pause_min=pause_min,
+        pause_max=pause_max,
+        flavours=flavours,
     )
 
 
