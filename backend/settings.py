@@ -41,7 +41,12 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8000, ge=1, le=65535)
 
-    worker_concurrency: int = Field(default=10, ge=1, le=10_000)
+    worker_concurrency: int = Field(
+        default=50,
+        ge=1,
+        le=10_000,
+        description="Jobs a worker process runs at once, and the most it fetches in one statement.",
+    )
     worker_queues: list[str] | None = Field(
         default=None, description="Queues a worker serves; all queues when unset."
     )

@@ -165,7 +165,7 @@ def test_up_serves_the_api_with_two_worker_processes(
     )
     up = spawn(["up", "--processes", "2"], tmp_path, env)
     up.wait_for_line("Stop with Ctrl-C.")
-    assert "  worker:   all queues, concurrency 10 in each of 2 processes" in up.lines
+    assert "  worker:   all queues, concurrency 50 in each of 2 processes" in up.lines
     assert f"  API:      {base}  (OpenAPI docs: {base}/docs)" in up.lines
     wait_until(lambda: len(worker_ids(db_url)) == 2, f"two registered workers\n{up.output}")
     children = children_of(up)

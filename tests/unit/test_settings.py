@@ -25,7 +25,7 @@ def test_defaults() -> None:
     assert (settings.pool_min_size, settings.pool_max_size) == (1, 10)
     assert settings.database_timeout == 5.0
     assert (settings.api_host, settings.api_port) == ("127.0.0.1", 8000)
-    assert settings.worker_concurrency == 10
+    assert settings.worker_concurrency == 50
     assert settings.worker_queues is None
     assert settings.fetch_polling_interval == 5.0
     assert settings.shutdown_grace_period == 30.0
