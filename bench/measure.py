@@ -10,7 +10,7 @@ from either virtualenv (``.venv`` or ``bench/.venv``):
 - CPU time of process trees from ``/proc`` (:func:`tree_cpu_seconds`), for workers and for
   the PostgreSQL server;
 - a quiet-machine check (:func:`quiet_check`) and the environment block of a report
-  (:func:`describe_environment`), as ``bench/baseline.py`` prints them;
+  (:func:`describe_environment`);
 - :func:`percentile`.
 
 CPU figures read ``/proc``: they need the PostgreSQL server on this machine, visible to
