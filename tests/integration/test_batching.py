@@ -95,6 +95,7 @@ async def hooked_worker(
     app.job_manager = manager
     worker = TaskhubWorker(
         app=app,
+        queues=["default"],  # not the periodic maintenance jobs its deferrer adds
         concurrency=concurrency,
         install_signal_handlers=False,
         fetch_job_polling_interval=0.2,
