@@ -74,6 +74,8 @@ class FlavourEnqueue:
     flavour: str
     single_pool: float
     single_held: float
+    #: One autocommit statement per job on a held connection: the defer is its transaction.
+    single_statement: float
     concurrent: dict[int, float]
     batched: float
 
@@ -220,6 +222,19 @@ async def time_held(flavour: Flavour, url: str, count: int) -> float:
         return time.perf_counter() - started
 
 
+async def time_statement(flavour: Flavour, url: str, count: int) -> float:
+    """Seconds for ``count`` defers on one held autocommit connection with no transaction
+    block: each defer is one statement, and that statement its own transaction (no BEGIN,
+    no COMMIT round trips)."""
+    async with await AsyncConnection.connect(url, autocommit=True) as conn:
+        for i in range(WARMUP):
+            await flavour.defer_on(conn, -1 - i)
+        started = time.perf_counter()
+        for i in range(count):
+            await flavour.defer_on(conn, i)
+        return time.perf_counter() - started
+
+
 async def time_concurrent(flavour: Flavour, count: int, tasks: int) -> float:
     """Seconds for ``tasks`` concurrent callers to share ``count`` one-job transactions."""
 
@@ -300,6 +315,11 @@ async def measure_rates(options: EnqueueOptions) -> list[FlavourEnqueue]:
             half,
             lambda n: time_held(flavours[n], urls[n], half),
         )
+        statement = await abba(
+            "1 job per transaction, one autocommit statement",
+            half,
+            lambda n: time_statement(flavours[n], urls[n], half),
+        )
         concurrent: dict[int, dict[str, float]] = {}
 
         async def concurrent_for(name: str, *, tasks: int) -> float:
@@ -323,6 +343,7 @@ async def measure_rates(options: EnqueueOptions) -> list[FlavourEnqueue]:
             name,
             pool[name],
             held[name],
+            statement[name],
             {tasks: concurrent[tasks][name] for tasks in options.concurrency},
             batched[name],
         )
@@ -489,8 +510,12 @@ def render(figures: EnqueueFigures) -> str:
             *[f"{f.single_pool:,.0f}" for f in figures.flavours],
         ],
         [
-            "1 job per transaction, held connection",
+            "1 job per transaction, held connection (BEGIN, defer, COMMIT)",
             *[f"{f.single_held:,.0f}" for f in figures.flavours],
+        ],
+        [
+            "1 job per transaction, held connection, the defer alone (autocommit statement)",
+            *[f"{f.single_statement:,.0f}" for f in figures.flavours],
         ],
     ]
     for tasks in o.concurrency:
@@ -506,6 +531,7 @@ def render(figures: EnqueueFigures) -> str:
         pairs = [
             (a.single_pool, b.single_pool),
             (a.single_held, b.single_held),
+            (a.single_statement, b.single_statement),
             *[(a.concurrent[t], b.concurrent[t]) for t in o.concurrency],
             (a.batched, b.batched),
         ]
