@@ -68,8 +68,21 @@ def start_workers(
     workers.wait_for_line("Stop with Ctrl-C.")
     url = env["DATABASE_URL"]
     wait_until(lambda: len(worker_ids(url)) == 2, f"two registered workers\n{workers.output}")
+    # Registered is not yet running: a SIGTERM landing while a worker reads its new id back
+    # leaves its row behind (procrastinate). Listening means its loop has started.
+    wait_until(lambda: listeners(url) == 2, f"two listening workers\n{workers.output}")
     assert len(children_of(workers)) == 2, workers.output
     return workers
+
+
+def listeners(url: str) -> int:
+    with psycopg.connect(url) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+            " AND query LIKE 'LISTEN \"procrastinate%%' AND state = 'idle'"
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
 
 
 def test_two_worker_processes_share_the_jobs_and_stop_on_sigterm(
