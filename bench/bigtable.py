@@ -402,9 +402,9 @@ def render(figures: BigtableFigures) -> str:
             f"## Work rate next to {big} jobs",
             "",
             f"{o.jobs:,} queued `taskhub.ping` jobs drained by `{figures.worker_command}` "
-            f"(concurrency 10 per process), timed on the database clock from the queue's resume "
-            f"to the last `succeeded` event; median of {o.repeats} run(s), the order of the two "
-            "databases alternating. Template "
+            "(taskhub's default concurrency per process), timed on the database clock from the "
+            f"queue's resume to the last `succeeded` event; median of {o.repeats} run(s), the "
+            "order of the two databases alternating. Template "
             f"`{figures.template}` ({figures.template_size}, {built}): {o.finished:,} succeeded "
             "jobs, each with its deferred/started/succeeded events and its "
             "`taskhub.job_results` row. "
