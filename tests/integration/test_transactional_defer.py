@@ -134,7 +134,8 @@ async def test_batch_defer_is_one_statement_in_the_transaction(conn: DictConnect
     assert len(set(ids)) == 50
     cursor = await conn.execute(
         "SELECT id, args->>'message' AS message, queue_name, status,"
-        " (SELECT array_agg(type::text) FROM procrastinate_events e WHERE e.job_id = j.id) AS events"
+        " (SELECT array_agg(type::text) FROM procrastinate_events e WHERE e.job_id = j.id)"
+        " AS events"
         " FROM procrastinate_jobs j ORDER BY id"
     )
     rows = await cursor.fetchall()
