@@ -26,7 +26,7 @@ from tests.e2e.conftest import TaskhubProcess, clean_env, wait_status
 pytestmark = pytest.mark.e2e
 
 FINISHED_JOBS = 1_000_000
-BACKLOG = 200_000  # new no-op jobs: more than the worker can run while the test measures
+BACKLOG = 1_000_000  # new no-op jobs: more than the worker can run while the test measures
 WARM_UP = 5.0  # seconds of work not measured
 ON = 20.0  # seconds the pruning runs in each turn
 OFF = 5.0  # seconds it is stopped
@@ -210,7 +210,13 @@ def test_pruning_a_million_jobs_keeps_the_workers_pace(
             TASKHUB_LOG_LEVEL="WARNING",
             TASKHUB_SCHEDULES="taskhub.prune_jobs=off",
         )
-        worker = spawn(["worker", "--queues", "default"], tmp_path, env)
+        # One process at concurrency 10, as when the test was written: a worker that leaves the
+        # machine room for the pruner, so the figure is pruning's cost, not a fight for cores.
+        worker = spawn(
+            ["worker", "--queues", "default", "--processes", "1", "--concurrency", "10"],
+            tmp_path,
+            env,
+        )
         while not succeeded(conn, first_id, loaded_at, now(conn)):
             time.sleep(0.1)
         time.sleep(WARM_UP)
@@ -219,7 +225,7 @@ def test_pruning_a_million_jobs_keeps_the_workers_pace(
         without.append((start, now(conn)))
 
         pruner = spawn(
-            ["worker", "--queues", "maintenance", "--concurrency", "1"],
+            ["worker", "--queues", "maintenance", "--processes", "1", "--concurrency", "1"],
             tmp_path,
             {**env, "PGAPPNAME": PRUNER},
         )
