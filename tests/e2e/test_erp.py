@@ -134,7 +134,8 @@ def test_kill_9_mid_sync_the_sync_is_rescued_and_finishes_without_duplicates(
     env = environment(db_url, erp_url)
     base = start_api(spawn, tmp_path, env)
     task_id = httpx.post(f"{base}/erp/sync-assets", headers=HEADERS).json()["task_id"]
-    doomed = spawn(["worker", "--queues", "erp_sync"], tmp_path, env)
+    # --processes 1: the worker itself dies, not a supervisor whose children stop gracefully.
+    doomed = spawn(["worker", "--queues", "erp_sync", "--processes", "1"], tmp_path, env)
 
     def midway(status: dict[str, Any]) -> bool:
         progress = status["progress"]
