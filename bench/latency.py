@@ -94,9 +94,18 @@ class Deferrer:
     async def defer(self) -> int:
         raise NotImplementedError
 
+    #: The job's status and the probe's start time, for ``%s`` = the job id.
+    STARTED_QUERY: str = ""
+
     async def started_at(self, observer: AsyncConnection[Any], job_id: int) -> float | None:
         """The probe's start time once its job has succeeded, else None."""
-        raise NotImplementedError
+        cursor = await observer.execute(self.STARTED_QUERY.encode(), (job_id,))
+        row = await cursor.fetchone()
+        if row is None or row[0] != "succeeded":
+            if row is not None and row[0] in ("failed", "cancelled", "aborted"):
+                raise RuntimeError(f"probe job {job_id} ended {row[0]}")
+            return None
+        return float(row[1])
 
 
 class TaskhubDeferrer(Deferrer):
@@ -109,18 +118,10 @@ class TaskhubDeferrer(Deferrer):
         async with self.pool.connection() as conn, conn.transaction():
             return await queue.defer(conn, probe_tasks.probe, {})
 
-    async def started_at(self, observer: AsyncConnection[Any], job_id: int) -> float | None:
-        cursor = await observer.execute(
-            "SELECT job.status::text, result.result FROM procrastinate_jobs job "
-            "LEFT JOIN taskhub.job_results result ON result.job_id = job.id WHERE job.id = %s",
-            (job_id,),
-        )
-        row = await cursor.fetchone()
-        if row is None or row[0] != "succeeded":
-            if row is not None and row[0] in ("failed", "cancelled", "aborted"):
-                raise RuntimeError(f"probe job {job_id} ended {row[0]}")
-            return None
-        return float(row[1])
+    STARTED_QUERY = (
+        "SELECT job.status::text, result.result FROM procrastinate_jobs job "
+        "LEFT JOIN taskhub.job_results result ON result.job_id = job.id WHERE job.id = %s"
+    )
 
 
 class ProcrastinateDeferrer(Deferrer):
@@ -133,18 +134,10 @@ class ProcrastinateDeferrer(Deferrer):
     async def defer(self) -> int:
         return await self.task.defer_async()
 
-    async def started_at(self, observer: AsyncConnection[Any], job_id: int) -> float | None:
-        cursor = await observer.execute(
-            "SELECT job.status::text, probe.started FROM procrastinate_jobs job "
-            "LEFT JOIN bench_probe_starts probe ON probe.job_id = job.id WHERE job.id = %s",
-            (job_id,),
-        )
-        row = await cursor.fetchone()
-        if row is None or row[0] != "succeeded":
-            if row is not None and row[0] in ("failed", "cancelled", "aborted"):
-                raise RuntimeError(f"probe job {job_id} ended {row[0]}")
-            return None
-        return float(row[1])
+    STARTED_QUERY = (
+        "SELECT job.status::text, probe.started FROM procrastinate_jobs job "
+        "LEFT JOIN bench_probe_starts probe ON probe.job_id = job.id WHERE job.id = %s"
+    )
 
 
 async def wait_started(deferrer: Deferrer, observer: AsyncConnection[Any], job_id: int) -> float:
