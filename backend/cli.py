@@ -453,6 +453,8 @@ def _serve(
     from backend.runner import WorkerOptions, bind_api_socket, run_services
 
     sock = bind_api_socket(settings.api_host, settings.api_port) if api else None
+    if worker and not api:
+        lower_cpu_priority(settings.worker_nice)
     base = f"http://{settings.api_host}:{settings.api_port}"
     with database_url(settings) as url:
         if migrate_first:
@@ -504,6 +506,14 @@ def _serve(
         asyncio.run(run_services(settings, url, api_socket=sock, worker=options, on_ready=ready))
     if not quiet:
         print("taskhub stopped", flush=True)
+
+
+def lower_cpu_priority(niceness: int) -> None:
+    """Background work gives way to requests: a worker-only process runs at niceness
+    ``niceness`` (or the higher one it inherited), so that the API, and PostgreSQL serving it,
+    stay responsive while the workers keep every core busy."""
+    if hasattr(os, "setpriority") and os.getpriority(os.PRIO_PROCESS, 0) < niceness:
+        os.setpriority(os.PRIO_PROCESS, 0, niceness)
 
 
 def _worker_process(settings: Settings, args: argparse.Namespace) -> None:

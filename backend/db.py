@@ -6,7 +6,10 @@ No module-level pools: the API lifespan and the worker each build their own.
 from __future__ import annotations
 
 import contextlib
+import time
+import weakref
 from collections.abc import Iterator
+from typing import Any
 
 import psycopg
 from psycopg import AsyncConnection
@@ -41,8 +44,37 @@ def describe_database(url: str) -> str:
     return f"database {params.get('dbname', '?')} on {where}"
 
 
+CHECK_AFTER_IDLE = 1.0  # seconds in the pool after which a connection is checked before use
+
+
+class IdleCheck:
+    """The pool's ``check`` and ``reset``: a round trip before use only for a connection that
+    sat in the pool for over ``after`` seconds (the server may have restarted meanwhile).
+
+    psycopg_pool's own check pings every connection at every checkout, which made a short
+    request, ``GET /jobs/{id}`` say, one round trip longer. A connection handed back moments
+    ago is used as it is; if the server went away in between, that request fails with a 503
+    and the broken connection leaves the pool.
+    """
+
+    def __init__(self, after: float = CHECK_AFTER_IDLE) -> None:
+        self.after = after
+        self._returned_at: weakref.WeakKeyDictionary[AsyncConnection[Any], float] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    async def reset(self, conn: AsyncConnection[Any]) -> None:
+        self._returned_at[conn] = time.monotonic()
+
+    async def check(self, conn: AsyncConnection[Any]) -> None:
+        returned_at = self._returned_at.get(conn)
+        if returned_at is None or time.monotonic() - returned_at > self.after or conn.broken:
+            await AsyncConnectionPool.check_connection(conn)
+
+
 def create_pool(url: str, settings: Settings) -> AsyncConnectionPool[DictConnection]:
     """An unopened pool; the owner opens it (``await pool.open()``) and closes it."""
+    idle_check = IdleCheck()
     return AsyncConnectionPool(
         url,
         min_size=settings.pool_min_size,
@@ -50,7 +82,8 @@ def create_pool(url: str, settings: Settings) -> AsyncConnectionPool[DictConnect
         kwargs={"row_factory": dict_row},
         connection_class=AsyncConnection[DictRow],
         open=False,
-        check=AsyncConnectionPool.check_connection,
+        check=idle_check.check,
+        reset=idle_check.reset,
         name="taskhub",
     )
 

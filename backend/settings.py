@@ -57,6 +57,14 @@ class Settings(BaseSettings):
         description="Worker processes `taskhub worker` and `taskhub up` run; one per core when "
         "unset.",
     )
+    worker_nice: int = Field(
+        default=5,
+        ge=0,
+        le=19,
+        description="CPU niceness of processes that only run workers: they give way to the API "
+        "and other interactive processes on the same machine, and use the CPU as before when "
+        "nothing else wants it. 0 keeps them level.",
+    )
     fetch_polling_interval: float = Field(
         default=5.0,
         gt=0,

@@ -28,11 +28,12 @@ class Forbidden(TaskhubError):
     status_code = 403
 
 
-def get_pool(request: Request) -> AsyncConnectionPool[DictConnection]:
+async def get_pool(request: Request) -> AsyncConnectionPool[DictConnection]:
+    # async, as every dependency here: FastAPI runs a plain ``def`` in its thread pool.
     return cast(AsyncConnectionPool[DictConnection], request.app.state.pool)
 
 
-def get_watcher(request: Request) -> JobWatcher:
+async def get_watcher(request: Request) -> JobWatcher:
     return cast(JobWatcher, request.app.state.watcher)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import psycopg
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
@@ -67,6 +68,14 @@ def install_error_handlers(app: FastAPI) -> None:
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
         # FastAPI's own answer, minus what JSON cannot carry in the echoed input.
         return JSONResponse({"detail": _safe_errors(exc.errors())}, status_code=422)
+
+    @app.exception_handler(psycopg.OperationalError)
+    async def connection_lost(request: Request, exc: psycopg.OperationalError) -> JSONResponse:
+        # The server went away during the request (a restart, a failover): nothing was
+        # committed; asking again will do.
+        return JSONResponse(
+            {"detail": "the database connection was lost; try again shortly"}, status_code=503
+        )
 
     @app.exception_handler(TaskhubError)
     async def taskhub_error(request: Request, exc: TaskhubError) -> JSONResponse:

@@ -183,6 +183,10 @@ def test_up_serves_the_api_with_two_worker_processes(
     wait_until(lambda: len(worker_ids(db_url)) == 2, f"two registered workers\n{up.output}")
     children = children_of(up)
     assert len(children) == 2
+    # Background work gives way to the API: the workers run niced (TASKHUB_WORKER_NICE).
+    normal = os.getpriority(os.PRIO_PROCESS, 0)
+    assert psutil.Process(up.process.pid).nice() == normal
+    assert [psutil.Process(pid).nice() for pid in children] == [max(normal, 5)] * 2
 
     headers = bearer(OPERATE_TOKEN)
     created = httpx.post(

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import socket
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 
 from backend.api import create_app
-from backend.db import DictConnection
+from backend.db import CHECK_AFTER_IDLE, DictConnection, IdleCheck
 from backend.settings import Settings
 from tests.conftest import count_jobs, eventually
 from tests.integration.conftest import running_api, running_worker
@@ -182,3 +184,50 @@ async def test_malformed_json_is_422(client: httpx.AsyncClient, conn: DictConnec
 async def test_unknown_or_invalid_job_id(client: httpx.AsyncClient, job_id: str) -> None:
     response = await client.get(f"/jobs/{job_id}")
     assert response.status_code == (404 if job_id == "999999" else 422)
+
+
+async def drop_connections_of(conn: DictConnection, database: str) -> int:
+    """What a server restart does to the API's pooled connections."""
+    cursor = await conn.execute(
+        "SELECT count(pg_terminate_backend(pid)) AS n FROM pg_stat_activity"
+        " WHERE datname = %s AND pid <> pg_backend_pid()",
+        (database,),
+    )
+    row = await cursor.fetchone()
+    assert row is not None
+    return int(row["n"])
+
+
+async def test_api_recovers_when_the_server_drops_its_connections(
+    settings: Settings, db_url: str, conn: DictConnection
+) -> None:
+    await conn.set_autocommit(True)
+    async with running_api(create_app(settings, db_url)) as client:
+        assert (await client.get("/health")).status_code == 200
+        assert await drop_connections_of(conn, conn.info.dbname) >= 1
+        # A connection that was back in the pool moments ago is used without a ping: its
+        # request fails cleanly (503, not 500), and the broken connection leaves the pool.
+        first = await client.get("/jobs?limit=1")
+        assert first.status_code == 503, first.text
+        assert "connection was lost" in first.json()["detail"]
+        # Once idle for the check's window, every connection is pinged before use.
+        await client.get("/health")
+        await drop_connections_of(conn, conn.info.dbname)
+        await asyncio.sleep(CHECK_AFTER_IDLE + 0.2)
+        statuses = [(await client.get("/jobs?limit=1")).status_code for _ in range(5)]
+        assert statuses == [200] * 5
+
+
+async def test_idle_check_pings_only_connections_idle_for_a_while(
+    db_url: str, conn: DictConnection
+) -> None:
+    await conn.set_autocommit(True)
+    idle_check = IdleCheck(after=0.3)
+    async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as pooled:
+        await idle_check.check(pooled)  # never returned yet: pinged, and fine
+        await idle_check.reset(pooled)
+        await conn.execute("SELECT pg_terminate_backend(%s)", (pooled.info.backend_pid,))
+        await idle_check.check(pooled)  # just returned: no round trip, so nothing noticed
+        await asyncio.sleep(0.4)
+        with pytest.raises(psycopg.OperationalError):
+            await idle_check.check(pooled)  # idle for longer than ``after``: pinged

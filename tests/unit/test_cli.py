@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -236,3 +238,23 @@ def test_cli_validates_like_the_api(
     assert code == 2
     assert message in capsys.readouterr().err
     assert_nothing_started(workdir)
+
+
+def test_lower_cpu_priority_sets_a_floor_not_a_step() -> None:
+    """A supervised worker process inherits its supervisor's niceness: it must not add more."""
+    script = (
+        "import os\n"
+        "from backend.cli import lower_cpu_priority\n"
+        "start = os.getpriority(os.PRIO_PROCESS, 0)\n"
+        "lower_cpu_priority(0)\n"
+        "unchanged = os.getpriority(os.PRIO_PROCESS, 0)\n"
+        "lower_cpu_priority(5)\n"
+        "lower_cpu_priority(5)\n"
+        "print(start, unchanged, os.getpriority(os.PRIO_PROCESS, 0))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60
+    )
+    start, unchanged, after = (int(value) for value in done.stdout.split())
+    assert unchanged == start
+    assert after == max(start, 5)
