@@ -454,6 +454,8 @@ def _serve(
 
     sock = bind_api_socket(settings.api_host, settings.api_port) if api else None
     if worker and not api:
+        from backend.supervisor import lower_cpu_priority
+
         lower_cpu_priority(settings.worker_nice)
     base = f"http://{settings.api_host}:{settings.api_port}"
     with database_url(settings) as url:
@@ -506,14 +508,6 @@ def _serve(
         asyncio.run(run_services(settings, url, api_socket=sock, worker=options, on_ready=ready))
     if not quiet:
         print("taskhub stopped", flush=True)
-
-
-def lower_cpu_priority(niceness: int) -> None:
-    """Background work gives way to requests: a worker-only process runs at niceness
-    ``niceness`` (or the higher one it inherited), so that the API, and PostgreSQL serving it,
-    stay responsive while the workers keep every core busy."""
-    if hasattr(os, "setpriority") and os.getpriority(os.PRIO_PROCESS, 0) < niceness:
-        os.setpriority(os.PRIO_PROCESS, 0, niceness)
 
 
 def _worker_process(settings: Settings, args: argparse.Namespace) -> None:

@@ -79,7 +79,9 @@ def create_pool(url: str, settings: Settings) -> AsyncConnectionPool[DictConnect
         url,
         min_size=settings.pool_min_size,
         max_size=settings.pool_max_size,
-        kwargs={"row_factory": dict_row},
+        # Autocommit: a one-statement read is one round trip, not BEGIN, the query and COMMIT.
+        # Every request that writes opens its transaction itself (deps.get_conn).
+        kwargs={"row_factory": dict_row, "autocommit": True},
         connection_class=AsyncConnection[DictRow],
         open=False,
         check=idle_check.check,

@@ -61,6 +61,23 @@ class SupervisorGone(TaskhubError):
     """The supervisor that started this worker process has already exited."""
 
 
+def lower_cpu_priority(niceness: int) -> None:
+    """Background work gives way to requests: a worker-only process runs at niceness
+    ``niceness`` (or the higher one it inherited), so that the API, and PostgreSQL serving it,
+    stay responsive while the workers keep every core busy."""
+    if hasattr(os, "setpriority") and os.getpriority(os.PRIO_PROCESS, 0) < niceness:
+        os.setpriority(os.PRIO_PROCESS, 0, niceness)
+    # Where Linux groups processes by session for the scheduler (autogroup), niceness only
+    # ranks a process within its session's group. A supervised worker process leads its own
+    # session, alone in its group: the group itself must be niced. Never another session's
+    # group (a shell's, say), which would slow everything started from it.
+    autogroup = Path("/proc/self/autogroup")
+    if hasattr(os, "getsid") and os.getsid(0) == os.getpid() and autogroup.exists():
+        with contextlib.suppress(OSError, ValueError):
+            if int(autogroup.read_text().split()[-1]) < niceness:
+                autogroup.write_text(str(niceness))
+
+
 def describe_exit(code: int) -> str:
     """``exit code 1`` or ``signal SIGKILL``, as asyncio reports a child's end."""
     if code < 0:

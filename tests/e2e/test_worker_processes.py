@@ -187,6 +187,10 @@ def test_up_serves_the_api_with_two_worker_processes(
     normal = os.getpriority(os.PRIO_PROCESS, 0)
     assert psutil.Process(up.process.pid).nice() == normal
     assert [psutil.Process(pid).nice() for pid in children] == [max(normal, 5)] * 2
+    # Each leads its own session: where Linux schedules sessions as groups, the group is niced.
+    groups = [Path(f"/proc/{pid}/autogroup") for pid in children]
+    if all(group.exists() for group in groups):
+        assert [int(group.read_text().split()[-1]) for group in groups] == [5, 5]
 
     headers = bearer(OPERATE_TOKEN)
     created = httpx.post(

@@ -244,7 +244,7 @@ def test_lower_cpu_priority_sets_a_floor_not_a_step() -> None:
     """A supervised worker process inherits its supervisor's niceness: it must not add more."""
     script = (
         "import os\n"
-        "from backend.cli import lower_cpu_priority\n"
+        "from backend.supervisor import lower_cpu_priority\n"
         "start = os.getpriority(os.PRIO_PROCESS, 0)\n"
         "lower_cpu_priority(0)\n"
         "unchanged = os.getpriority(os.PRIO_PROCESS, 0)\n"
