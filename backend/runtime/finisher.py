@@ -92,10 +92,14 @@ class FinishBatcher:
 
     async def finish(self, entry: Entry) -> bool:
         """Store one job's outcome with the next batch; False if the job was fenced off."""
+        return await self.submit(entry)
+
+    def submit(self, entry: Entry) -> asyncio.Future[bool]:
+        """``finish`` without a coroutine: the future of the batch that will store ``entry``."""
         pending = _Pending(entry, asyncio.get_running_loop().create_future())
         self._pending.append(pending)
         self._consider()
-        return await pending.done
+        return pending.done
 
     def _consider(self) -> None:
         """Flush now if every running job is waiting for it, else within ``delay``."""

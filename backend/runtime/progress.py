@@ -73,6 +73,18 @@ class ProgressReporter:
             finally:
                 self._writing = False
 
+    def close_if_idle(self) -> tuple[bool, Progress | None]:
+        """``close`` at once when no write is in flight: ``(True, the report not yet
+        written)``; otherwise ``(False, None)``, nothing changes, and ``close`` must be
+        awaited. Most jobs never report progress: their finish needs no await for it."""
+        task = self._flush_task
+        if task is not None and not task.done():
+            return False, None
+        with self._lock:
+            self._closed = True
+            pending, self._pending = self._pending, None
+        return True, pending
+
     async def close(self) -> Progress | None:
         """Stop writing; return the report not yet written, for the finishing statement."""
         with self._lock:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import inspect
 import logging
 import time
 import traceback
@@ -31,6 +32,8 @@ from collections.abc import Iterable
 from typing import Any, Literal
 
 from procrastinate import JobContext, PsycopgConnector, exceptions, jobs, periodic, retry, utils
+from procrastinate import middleware as procrastinate_middleware
+from procrastinate import tasks as procrastinate_tasks
 from procrastinate.job_context import AbortReason, JobResult
 from procrastinate.worker import Worker
 from psycopg.types.json import Jsonb
@@ -211,6 +214,8 @@ class TaskhubWorker(Worker):
         self._early_aborts: dict[int, float] = {}  # abort requests for jobs not running yet
         self._fetch_connection: DedicatedConnection | None = None
         self._finisher: FinishBatcher | None = None
+        # Per task: whether it is async, and its task middlewares (fixed once the worker runs).
+        self._task_plans: dict[str, tuple[bool, list[Any]]] = {}
 
     async def run(self) -> None:
         await super().run()  # type: ignore[no-untyped-call]
@@ -314,6 +319,153 @@ class TaskhubWorker(Worker):
                 self._start_job(job)
             if len(fetched) < free:
                 return  # nothing else is due: wait for a NOTIFY or the next poll
+
+    async def _process_job(self, context: JobContext) -> None:
+        """procrastinate's ``_process_job`` (3.10): the same outcome for every job, without
+        what it spent on each one whether needed or not. It formatted its start lines (the
+        job's call string) even when they were dropped, resolved the task's middlewares
+        again, and persisted every outcome in a second asyncio task; a batched outcome is now
+        the finish statement's future, shielded from cancellation alike."""
+        job = context.job
+        task = self.app.tasks.get(job.task_name)
+        job_retry: exceptions.JobRetry | None = None
+        retry_decision: retry.RetryDecision | None = None
+        exc_info: bool | BaseException = False
+        job_result = JobResult(start_timestamp=context.start_timestamp)
+        try:
+            if not task:
+                raise exceptions.TaskNotFound
+            if self.logger.isEnabledFor(logging.DEBUG):
+                self.logger.debug(
+                    f"Loaded job info, about to start job {job.call_string}",
+                    extra=self._log_extra(
+                        context=context, action="loaded_job_info", job_result=job_result
+                    ),
+                )
+                self.logger.info(
+                    f"Starting job {job.call_string}",
+                    extra=self._log_extra(
+                        context=context, action="start_job", job_result=job_result
+                    ),
+                )
+
+            async def run_job() -> Any:
+                return await self._run_task(task, context)
+
+            job_result.result = await procrastinate_middleware.compose(
+                self.worker_middleware, run_job, context, self
+            )()
+        except BaseException as e:
+            exc_info = e
+            # An aborted job can be retried if a shutdown caused it.
+            if not isinstance(e, exceptions.JobAborted) or (
+                context.abort_reason() == AbortReason.SHUTDOWN
+            ):
+                job_retry = task.get_retry_exception(exception=e, job=job) if task else None
+                retry_decision = job_retry.retry_decision if job_retry else None
+                if isinstance(e, exceptions.TaskNotFound):
+                    self.logger.exception(
+                        "Task was not found",
+                        extra=self._log_extra(
+                            context=context,
+                            action="task_not_found",
+                            exception=str(e),
+                            job_result=job_result,
+                        ),
+                    )
+        finally:
+            job_result.end_timestamp = time.time()
+            if isinstance(exc_info, exceptions.JobAborted | asyncio.CancelledError):
+                status = jobs.Status.ABORTED
+            elif exc_info:
+                status = jobs.Status.FAILED
+            else:
+                status = jobs.Status.SUCCEEDED
+            self._log_job_outcome(
+                status=status,
+                context=context,
+                job_result=job_result,
+                job_retry=job_retry,
+                exc_info=exc_info,
+            )
+            persisted = self._persist(job, status, retry_decision, context, job_result)
+            try:
+                await asyncio.shield(persisted)
+            except asyncio.CancelledError:
+                await persisted
+                raise
+
+    async def _run_task(
+        self, task: procrastinate_tasks.Task[Any, Any, Any], context: JobContext
+    ) -> Any:
+        """procrastinate's ``ensure_async``, with the task's nature and middlewares looked up
+        once per task rather than once per job."""
+        plan = self._task_plans.get(task.name)
+        if plan is None:
+            is_async = inspect.iscoroutinefunction(task.func)
+            plan = (is_async, self._resolve_task_middlewares(task, is_async))
+            self._task_plans[task.name] = plan
+        is_async, middlewares = plan
+        job_args = [context] if task.pass_context else []
+        kwargs = context.job.task_kwargs
+        if is_async and not middlewares:
+            result = await task(*job_args, **kwargs)
+        elif is_async:
+
+            async def run_async_task() -> Any:
+                return await task(*job_args, **kwargs)
+
+            result = await procrastinate_middleware.compose(
+                middlewares, run_async_task, context, self
+            )()
+        else:
+
+            def run_sync_task() -> Any:
+                return task(*job_args, **kwargs)
+
+            result = await utils.sync_to_async(
+                procrastinate_middleware.compose(middlewares, run_sync_task, context, self)
+            )
+        # A sync function may return an awaitable: as procrastinate, await it here.
+        if inspect.isawaitable(result):
+            result = await result
+        return result
+
+    def _persist(
+        self,
+        job: jobs.Job,
+        status: jobs.Status,
+        retry_decision: retry.RetryDecision | None,
+        context: JobContext,
+        job_result: JobResult | None,
+    ) -> asyncio.Future[Any]:
+        """The outcome on its way to the database: for the usual job, its place in the next
+        finish batch (no task of its own); otherwise ``_persist_job_status`` in a task."""
+        runtime = runtime_of(context)
+        reporter = runtime.reporter
+        closed, progress = (
+            reporter.close_if_idle() if isinstance(reporter, ProgressReporter) else (True, None)
+        )
+        if (
+            not closed
+            or self._finisher is None
+            or self.delete_jobs != jobs.DeleteJobCondition.NEVER
+            or isinstance(runtime.error, RateLimited)
+            or (status == jobs.Status.ABORTED and context.abort_reason() == AbortReason.SHUTDOWN)
+        ):
+            return asyncio.ensure_future(
+                self._persist_job_status(job, status, retry_decision, context, job_result)
+            )
+        self._outcome_submitted(runtime)
+        entry = self._outcome(job, status, retry_decision, runtime, job_result, progress)
+        stored = self._finisher.submit(entry)
+
+        def forget(done: asyncio.Future[bool]) -> None:
+            if not done.cancelled() and done.exception() is None:
+                self._forget(job, fenced=not done.result())
+
+        stored.add_done_callback(forget)
+        return stored
 
     def _start_job(self, job: jobs.Job) -> None:
         job_id = job.id

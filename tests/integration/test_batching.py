@@ -280,3 +280,37 @@ async def test_a_fetch_takes_at_most_the_free_slots_in_priority_order(
     assert [job.id for job in rest] == by_priority[4:]
     assert none == []
     assert {job.status for job in first + rest} == {"doing"}
+
+
+async def listener_pids(conn: DictConnection) -> set[int]:
+    await conn.commit()
+    cursor = await conn.execute(
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+        " AND query LIKE 'LISTEN \"procrastinate%%' AND state = 'idle'"
+    )
+    return {row["pid"] for row in await cursor.fetchall()}
+
+
+async def test_notifications_wake_the_worker_in_bursts_and_after_the_listen_connection_breaks(
+    settings: Settings, db_url: str, conn: DictConnection
+) -> None:
+    """No poll can help here (one a minute): only NOTIFYs reach the worker."""
+    patient = settings.model_copy(update={"fetch_polling_interval": 60.0})
+    async with running_worker(patient, db_url, queues=["default"], blueprints=ALL):
+        # A burst: one commit, 2,000 notifications, every job run.
+        burst = await defer_many(conn, "tests.echo", [{"text": str(i)} for i in range(2000)])
+        await eventually(lambda: all_finished(conn, burst), within=60)
+        # The server drops the LISTEN connection (a restart, a network cut): the worker
+        # listens again on a new one, and the next job still wakes it at once.
+        (before,) = await listener_pids(conn)
+        await conn.execute("SELECT pg_terminate_backend(%s)", [before])
+
+        async def listening_again() -> bool:
+            return bool(await listener_pids(conn) - {before})
+
+        await eventually(listening_again, within=15)
+        started = time.monotonic()
+        job_id = await defer_one(conn, "tests.echo", {"text": "woken"})
+        await eventually(lambda: all_finished(conn, [job_id]), within=15)
+        assert time.monotonic() - started < 10, "woken by its NOTIFY, not by a poll"
+    assert set((await statuses(conn, [*burst, job_id])).values()) == {"succeeded"}

@@ -22,10 +22,30 @@ def test_persist_job_status_signature_is_the_one_we_override() -> None:
     assert ours == theirs == ["self", "job", "status", "retry_decision", "context", "job_result"]
 
 
-def test_the_job_is_finished_through_persist_job_status() -> None:
+def test_process_job_is_the_one_our_copy_follows() -> None:
+    """TaskhubWorker._process_job is a copy of procrastinate 3.10's: on an upgrade that
+    changes it, compare the two and copy the change."""
     source = inspect.getsource(Worker._process_job)
-    assert "self._persist_job_status(" in source
-    assert "self.worker_middleware" in source, "track_job is a worker middleware"
+    for step in (
+        "self._persist_job_status(",
+        "self.worker_middleware",  # track_job is a worker middleware
+        "self._resolve_task_middlewares(task, task_is_async)",
+        "task.get_retry_exception(exception=e, job=job)",
+        "context.abort_reason() == job_context.AbortReason.SHUTDOWN",
+        "self._log_job_outcome(",
+        "asyncio.shield(persist_job_status_task)",
+    ):
+        assert step in source, step
+    parameters = list(inspect.signature(Worker._resolve_task_middlewares).parameters)
+    assert parameters == ["self", "task", "task_is_async"]
+
+
+def test_the_listener_is_started_through_the_method_we_override() -> None:
+    source = inspect.getsource(Worker._start_side_tasks)
+    assert "self.app.job_manager.listen_for_jobs(" in source
+    assert "on_notification=self._handle_notification" in source
+    parameters = inspect.signature(Worker._handle_notification).parameters
+    assert list(parameters) == ["self", "channel", "notification"]
 
 
 def test_worker_options_we_pass_exist() -> None:
