@@ -8,6 +8,11 @@ short jobs), otherwise after ``delay`` seconds, so a long job never holds back t
 A job keeps its slot until its outcome is committed, so the next job of its lock, and
 shutdown, see it finished.
 
+Who waits for a job (``GET /jobs/{id}?wait=N``) is woken after the batch commits, by one more
+statement (``notify_finished_waiters``): on this connection the per-row trigger that does it
+for every other way a job ends stays quiet (``FINISH_CONNECTION_SETTINGS``), a tenth of
+PostgreSQL's time per no-op job.
+
 A statement that fails for a reason of its own (a result PostgreSQL refuses, say) is retried
 job by job, so one bad outcome does not roll back the others; the job it belongs to is then
 finished as failed with a ``ResultNotStored`` error. A lost connection is retried, batch and
@@ -33,6 +38,9 @@ logger = logging.getLogger(__name__)
 Entry = dict[str, Any]  # one element of finish_jobs' JSON array
 
 MAX_BATCH = 100  # outcomes per statement; bigger batches gained nothing when measured
+# The finish connection's session: taskhub_notify_job_finished leaves its jobs' waiters to
+# notify_finished_waiters (migration 0009).
+FINISH_CONNECTION_SETTINGS = {"taskhub.finish_notifies": "after_commit"}
 RECONNECT_FOR = 30.0  # seconds a batch keeps trying to reach the database before giving up
 
 
@@ -76,6 +84,7 @@ class FinishBatcher:
         self,
         connection: DedicatedConnection,
         query: LiteralString,
+        notify_query: LiteralString,
         *,
         worker_id: int,
         jobs_still_running: Callable[[], int],
@@ -83,6 +92,7 @@ class FinishBatcher:
     ) -> None:
         self._connection = connection
         self._query = query
+        self._notify_query = notify_query
         self._worker_id = worker_id
         self._jobs_still_running = jobs_still_running  # started, outcome not yet submitted
         self._delay = delay
@@ -127,6 +137,7 @@ class FinishBatcher:
             for item in batch:
                 if not item.done.done():
                     item.done.set_result(item.entry["job_id"] in finished)
+            await self._notify_waiters(finished)
         except BaseException as exc:
             for item in batch:
                 if not item.done.done():
@@ -136,6 +147,16 @@ class FinishBatcher:
         finally:
             self._flushing = None
             self._consider()
+
+    async def _notify_waiters(self, finished: set[int]) -> None:
+        """Wake the long polls of the jobs just committed. If this fails, they see the outcome
+        when their wait ends (they read the job again then): late, never wrong."""
+        if not finished:
+            return
+        try:
+            await self._connection.fetch_all(self._notify_query, {"job_ids": sorted(finished)})
+        except psycopg.Error as exc:
+            logger.warning("waking the waiters of %d finished jobs: %s", len(finished), exc)
 
     async def _write(self, entries: list[Entry]) -> set[int]:
         """The ids stored; a lost connection is retried, a failing batch split job by job."""

@@ -42,7 +42,12 @@ from backend.queries import QUERIES
 from backend.registry import definition_of
 from backend.runtime.connection import DedicatedConnection
 from backend.runtime.context import SETTINGS_KEY, JobRuntime, runtime_of
-from backend.runtime.finisher import Entry, FinishBatcher, finish_entry
+from backend.runtime.finisher import (
+    FINISH_CONNECTION_SETTINGS,
+    Entry,
+    FinishBatcher,
+    finish_entry,
+)
 from backend.runtime.isolation import ChildTaskError, TimeLimitExceeded
 from backend.runtime.manager import TaskhubJobManager
 from backend.runtime.progress import Progress, ProgressReporter
@@ -275,10 +280,13 @@ class TaskhubWorker(Worker):
             pool.kwargs,
             settings={"synchronous_commit": "off", "enable_seqscan": "off", "enable_sort": "off"},
         )
-        finish_connection = DedicatedConnection(pool.conninfo, pool.kwargs)
+        finish_connection = DedicatedConnection(
+            pool.conninfo, pool.kwargs, settings=FINISH_CONNECTION_SETTINGS
+        )
         self._finisher = FinishBatcher(
             finish_connection,
             QUERIES["finish_jobs"],
+            QUERIES["notify_finished_waiters"],
             worker_id=self.worker_id,
             jobs_still_running=lambda: self._still_running,
             delay=self.finish_delay,

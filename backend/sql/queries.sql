@@ -175,6 +175,15 @@ SELECT job_id,
        END AS done
   FROM owned;
 
+-- notify_finished_waiters --
+-- After a finish batch has committed, on the worker's finish connection (where the row trigger
+-- stays quiet: migration 0009): wake whoever waits for these jobs, once per job, as the
+-- trigger would. A waiter registered before the commit is seen here; one that registers after
+-- it reads the final status itself (watch_job).
+SELECT count(pg_notify('taskhub_job_finished', waited.job_id::text)) AS notified
+  FROM (SELECT DISTINCT job_id FROM taskhub.job_waiters
+         WHERE job_id = ANY(%(job_ids)s::bigint[])) AS waited;
+
 -- watch_job --
 -- Register a waiter and share-lock the job row: a finish in progress completes first, a later
 -- one sees the waiter and NOTIFYs (taskhub.notify_job_finished). Commit before waiting.

@@ -18,8 +18,10 @@ from pydantic import BaseModel
 from backend import jobs, queue
 from backend.db import DictConnection
 from backend.policy import Retry
+from backend.queries import QUERIES
 from backend.registry import TaskBlueprint
 from backend.runtime.context import TaskContext
+from backend.runtime.finisher import FINISH_CONNECTION_SETTINGS
 from backend.runtime.isolation import SoftTimeLimitExceeded
 from backend.settings import Settings
 from backend.tasks import BLUEPRINTS
@@ -476,3 +478,46 @@ async def test_cancel_kills_an_isolated_sync_task(
         assert (await client.post(f"/jobs/{job_id}/cancel")).status_code == 200
         job = await finished(conn, job_id, within=5)
     assert job.status == "aborted"
+
+
+async def test_the_finish_trigger_stays_quiet_only_where_the_worker_notifies_itself(
+    conn: DictConnection, db_url: str
+) -> None:
+    """A job ended anywhere but in a worker's finish batch (here: cancelled) still wakes its
+    waiters from the row trigger; on a session marked as the worker's finish connection the
+    trigger leaves it to notify_finished_waiters, sent after the commit."""
+    listener = await psycopg.AsyncConnection.connect(db_url, autocommit=True)
+    await listener.execute("LISTEN taskhub_job_finished")
+    options = " ".join(f"-c {k}={v}" for k, v in FINISH_CONNECTION_SETTINGS.items())
+    finisher = await psycopg.AsyncConnection.connect(db_url, autocommit=True, options=options)
+    try:
+        by_trigger = await defer(conn, "tests.progress_async", {"steps": 1})
+        left_to_worker = await defer(conn, "tests.progress_async", {"steps": 1})
+        for job_id in (by_trigger, left_to_worker):
+            await conn.execute(
+                "INSERT INTO taskhub.job_waiters (job_id, waiter) VALUES (%s, gen_random_uuid())",
+                (job_id,),
+            )
+        await conn.commit()
+        await conn.execute("SELECT procrastinate_cancel_job_v1(%s, false, false)", (by_trigger,))
+        await conn.commit()
+        await finisher.execute(
+            "SELECT procrastinate_cancel_job_v1(%s, false, false)", (left_to_worker,)
+        )
+
+        async def received() -> list[int]:
+            found = []
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.5):
+                    async for notify in listener.notifies():
+                        found.append(int(notify.payload))
+            return found
+
+        assert await received() == [by_trigger]
+        await finisher.execute(
+            QUERIES["notify_finished_waiters"], {"job_ids": [left_to_worker, by_trigger + 10**6]}
+        )
+        assert await received() == [left_to_worker]
+    finally:
+        await listener.close()
+        await finisher.close()
