@@ -90,7 +90,12 @@ def goals(
             Goal(
                 "enqueue, 1 job per transaction (held connection; the defer its own transaction)",
                 "≥ 2,000 jobs/s",
-                f"{ours.single_statement:,.0f} (in BEGIN/COMMIT: {ours.single_held:,.0f})",
+                f"{ours.single_statement:,.0f} (in BEGIN/COMMIT: {ours.single_held:,.0f}; "
+                + "; ".join(
+                    f"{callers} concurrent callers: {rate:,.0f}"
+                    for callers, rate in sorted(ours.concurrent.items())
+                )
+                + ")",
                 fastest >= 2_000,
             )
         )

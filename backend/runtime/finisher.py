@@ -126,6 +126,12 @@ class FinishBatcher:
             wait = self._delay - (time.monotonic() - self._pending[0].since)
             self._timer = asyncio.get_running_loop().call_later(max(wait, 0), self._on_timer)
 
+    async def drain(self) -> None:
+        """Wait for the batch in flight, if any: its jobs may have their outcomes already (a
+        stopping worker no longer waits for them) while their waiters are still to be woken."""
+        while self._flushing is not None:
+            await asyncio.wait([self._flushing])
+
     def _on_timer(self) -> None:
         self._timer = None
         self._consider()

@@ -295,6 +295,7 @@ class TaskhubWorker(Worker):
         try:
             await super()._run_loop()  # type: ignore[no-untyped-call]
         finally:
+            await self._finisher.drain()  # the last batch's wake-ups for its waiters
             await self._fetch_connection.close()
             await finish_connection.close()
 

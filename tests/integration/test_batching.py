@@ -23,10 +23,13 @@ from pydantic import BaseModel
 
 from backend import queue
 from backend.db import DictConnection
+from backend.queries import QUERIES
 from backend.queue import build_task_app
 from backend.registry import TaskBlueprint
 from backend.runtime.connection import DedicatedConnection
 from backend.runtime.context import SETTINGS_KEY
+from backend.runtime.finisher import FINISH_CONNECTION_SETTINGS as FINISH_SETTINGS
+from backend.runtime.finisher import FinishBatcher, finish_entry
 from backend.runtime.manager import TaskhubJobManager
 from backend.runtime.worker import TaskhubWorker
 from backend.settings import Settings
@@ -314,3 +317,49 @@ async def test_notifications_wake_the_worker_in_bursts_and_after_the_listen_conn
         await eventually(lambda: all_finished(conn, [job_id]), within=15)
         assert time.monotonic() - started < 10, "woken by its NOTIFY, not by a poll"
     assert set((await statuses(conn, [*burst, job_id])).values()) == {"succeeded"}
+
+
+async def test_draining_the_finisher_lets_the_last_batch_wake_its_waiters(
+    settings: Settings, db_url: str, conn: DictConnection, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A stopping worker closes its finish connection: the wake-ups its last batch sends
+    after committing must have gone out by then (the worker drains the finisher first)."""
+    job_id = await defer_one(conn, "tests.record", {"token": "last"})
+    cursor = await conn.execute("SELECT procrastinate_register_worker_v1() AS id")
+    row = await cursor.fetchone()
+    assert row is not None
+    await conn.execute(
+        "INSERT INTO taskhub.job_waiters (job_id, waiter) VALUES (%s, gen_random_uuid())",
+        (job_id,),
+    )
+    await conn.commit()
+    manager = TaskhubJobManager(build_task_app(db_url, settings).connector)
+    fetch = DedicatedConnection(db_url, {"row_factory": dict_row})
+    finish = DedicatedConnection(db_url, {"row_factory": dict_row}, settings=FINISH_SETTINGS)
+    listener = await psycopg.AsyncConnection.connect(db_url, autocommit=True)
+    await listener.execute("LISTEN taskhub_job_finished")
+    try:
+        (job,) = await manager.fetch_jobs(fetch, queues=None, worker_id=row["id"], count=1)
+        batcher = FinishBatcher(
+            finish,
+            QUERIES["finish_jobs"],
+            QUERIES["notify_finished_waiters"],
+            worker_id=row["id"],
+            jobs_still_running=lambda: 0,
+            delay=0.01,
+        )
+        assert await batcher.submit(finish_entry(job_id, "succeeded", 1))
+        await batcher.drain()
+        await finish.close()  # as the worker does right after draining
+        await asyncio.sleep(0.3)  # an undrained wake-up statement would fail meanwhile
+        received = []
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(1):
+                async for notify in listener.notifies():
+                    received.append(int(notify.payload))
+        assert received == [job.id]
+        assert not [r for r in caplog.records if r.name == "backend.runtime.finisher"]
+    finally:
+        await listener.close()
+        await fetch.close()
+        await finish.close()
