@@ -505,7 +505,16 @@ def _serve(
             print("\n".join(lines), flush=True)
 
         ready = None if quiet else announce
-        asyncio.run(run_services(settings, url, api_socket=sock, worker=options, on_ready=ready))
+        asyncio.run(
+            run_services(
+                settings,
+                url,
+                api_socket=sock,
+                worker=options,
+                on_ready=ready,
+                supervised=quiet,
+            )
+        )
     if not quiet:
         print("taskhub stopped", flush=True)
 

@@ -109,12 +109,15 @@ async def run_services(
     api_socket: socket.socket | None,
     worker: WorkerOptions | None,
     on_ready: Callable[[], None] | None = None,
+    supervised: bool = False,
 ) -> None:
     """Run until a signal arrives or a service stops; raise :class:`ServiceFailed` on the latter.
 
     With several worker processes, signals stay handled until every child has exited: a
     second SIGINT/SIGTERM kills the children rather than the parent, which would leave them
-    running on without it.
+    running on without it. A ``supervised`` worker process (one of those children) ignores
+    signals after the first: its supervisor decides when to kill it, and the kernel's
+    parent-death SIGTERM comes once for each thread of the dying supervisor.
     """
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -165,7 +168,8 @@ async def run_services(
             [stop_waiter, *services.values()], return_when=asyncio.FIRST_COMPLETED
         )
     finally:
-        if supervisor is None:
+        if supervisor is None and not supervised:
+            # A second Ctrl-C now stops this process at once.
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
         stop_waiter.cancel()
@@ -180,7 +184,7 @@ async def run_services(
         try:
             results = await asyncio.gather(*services.values(), return_exceptions=True)
         finally:
-            if supervisor is not None:
+            if supervisor is not None or supervised:
                 for sig in (signal.SIGINT, signal.SIGTERM):
                     loop.remove_signal_handler(sig)
     for name, result in zip(services, results, strict=True):

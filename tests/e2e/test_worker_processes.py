@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -215,3 +216,23 @@ def test_worker_processes_stop_when_the_supervisor_is_killed(
 
     wait_until(lambda: all(gone(pid) for pid in children), "the orphaned workers to exit")
     assert worker_ids(db_url) == set(), "they stopped gracefully (SIGTERM), not killed"
+
+
+def test_a_worker_process_stops_gracefully_through_repeated_sigterms(
+    spawn: type[TaskhubProcess], tmp_path: Path, db_url: str
+) -> None:
+    """When a supervisor dies, the kernel sends its children their parent-death SIGTERM once
+    for each of its threads. The second must not kill a child in the middle of its graceful
+    stop (its worker row, and any running job, would be left to the rescue)."""
+    workers = start_workers(spawn, tmp_path, clean_env(DATABASE_URL=db_url))
+    first_workers = worker_ids(db_url)
+    victim = children_of(workers)[0]
+    with contextlib.suppress(ProcessLookupError):
+        for _ in range(2000):  # a SIGTERM every millisecond, through its stop, until it exits
+            os.kill(victim, signal.SIGTERM)
+            time.sleep(0.001)
+    wait_until(lambda: gone(victim), "the signalled worker process to exit")
+    workers.wait_for_line("exited unexpectedly", timeout=10)
+    wait_until(lambda: len(worker_ids(db_url) - first_workers) == 1, "a restarted worker")
+    assert len(worker_ids(db_url) & first_workers) == 1, "the stopped one unregistered"
+    assert workers.stop(signal.SIGTERM, timeout=30) == 0, workers.output
