@@ -71,8 +71,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(psycopg.OperationalError)
     async def connection_lost(request: Request, exc: psycopg.OperationalError) -> JSONResponse:
-        # The server went away during the request (a restart, a failover): nothing was
-        # committed; asking again will do.
+        # The server went away during the request (a restart, a failover). A broken
+        # connection leaves the pool; the request can be sent again.
         return JSONResponse(
             {"detail": "the database connection was lost; try again shortly"}, status_code=503
         )
