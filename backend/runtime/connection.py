@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, LiteralString
 
 import psycopg
+from procrastinate import BaseConnector, PsycopgConnector
 
 
 class DedicatedConnection:
@@ -24,13 +25,25 @@ class DedicatedConnection:
         self._kwargs["options"] = " ".join(f"-c {name}={value}" for name, value in gucs.items())
         self._connection: psycopg.AsyncConnection[Any] | None = None
 
-    async def _connect(self) -> psycopg.AsyncConnection[Any]:
+    @classmethod
+    def like_pool_of(
+        cls, connector: BaseConnector, *, settings: dict[str, str] | None = None
+    ) -> DedicatedConnection:
+        """A connection to where ``connector``'s pool connects, with the same options."""
+        assert isinstance(connector, PsycopgConnector)
+        pool = connector.pool
+        assert isinstance(pool.conninfo, str)
+        assert isinstance(pool.kwargs, dict)
+        return cls(pool.conninfo, pool.kwargs, settings=settings)
+
+    async def open(self) -> psycopg.AsyncConnection[Any]:
+        """The connection, opened now if it is not (or no longer) open."""
         if self._connection is None or self._connection.closed:
             self._connection = await psycopg.AsyncConnection.connect(self._conninfo, **self._kwargs)
         return self._connection
 
     async def fetch_all(self, query: LiteralString, params: dict[str, Any]) -> list[Any]:
-        connection = await self._connect()
+        connection = await self.open()
         try:
             cursor = await connection.execute(query, params)
             return await cursor.fetchall()

@@ -100,12 +100,9 @@ class FinishBatcher:
         self._flushing: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
 
-    async def finish(self, entry: Entry) -> bool:
-        """Store one job's outcome with the next batch; False if the job was fenced off."""
-        return await self.submit(entry)
-
     def submit(self, entry: Entry) -> asyncio.Future[bool]:
-        """``finish`` without a coroutine: the future of the batch that will store ``entry``."""
+        """Store one job's outcome with the next batch: the future says if it was stored
+        (False: the job was fenced off)."""
         pending = _Pending(entry, asyncio.get_running_loop().create_future())
         self._pending.append(pending)
         self._consider()

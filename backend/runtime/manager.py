@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import psycopg
-from procrastinate import PsycopgConnector, jobs
+from procrastinate import jobs
 from procrastinate.connector import LISTEN_TIMEOUT
 from procrastinate.manager import JobManager, get_channel_for_queues
 from psycopg import sql
@@ -40,25 +40,31 @@ class TaskhubJobManager(JobManager):
         over as they are read; as procrastinate, the connection is checked when none came for
         ``LISTEN_TIMEOUT`` seconds and reopened when it breaks.
         """
-        connector = self.connector
-        assert isinstance(connector, PsycopgConnector)
-        pool = connector.pool
-        assert isinstance(pool.conninfo, str)
-        assert isinstance(pool.kwargs, dict)
-        kwargs = {**pool.kwargs, "autocommit": True}
         channels = list(get_channel_for_queues(queues=queues))
-        while True:
-            async with await psycopg.AsyncConnection.connect(pool.conninfo, **kwargs) as conn:
-                for channel in channels:
-                    await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+        listening = DedicatedConnection.like_pool_of(self.connector)
+        try:
+            while True:
+                conn = await listening.open()
                 try:
+                    for channel in channels:
+                        await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
                     while True:
-                        async for notify in conn.notifies(timeout=LISTEN_TIMEOUT):
-                            notification = json.loads(notify.payload)
-                            await on_notification(channel=notify.channel, notification=notification)
+                        notifies = conn.notifies(timeout=LISTEN_TIMEOUT)
+                        try:
+                            async for notify in notifies:
+                                notification = json.loads(notify.payload)
+                                await on_notification(
+                                    channel=notify.channel, notification=notification
+                                )
+                        finally:
+                            # Hands the connection's lock back even when cancelled mid-way.
+                            await notifies.aclose()
                         await conn.execute("SELECT 1")
                 except psycopg.OperationalError as exc:
                     logger.warning("the LISTEN connection broke (%s): listening again", exc)
+                    await listening.close()
+        finally:
+            await listening.close()
 
     async def fetch_job(self, queues: Iterable[str] | None, worker_id: int) -> jobs.Job | None:
         row = await self.connector.execute_query_one_async(

@@ -31,7 +31,7 @@ import traceback
 from collections.abc import Iterable
 from typing import Any, Literal
 
-from procrastinate import JobContext, PsycopgConnector, exceptions, jobs, periodic, retry, utils
+from procrastinate import JobContext, exceptions, jobs, periodic, retry, utils
 from procrastinate import middleware as procrastinate_middleware
 from procrastinate import tasks as procrastinate_tasks
 from procrastinate.job_context import AbortReason, JobResult
@@ -265,23 +265,18 @@ class TaskhubWorker(Worker):
         """procrastinate's loop, with the worker's own fetch and finish connections around it."""
         assert self.worker_id is not None
         connector = self.app.connector
-        assert isinstance(connector, PsycopgConnector)
-        pool = connector.pool
-        assert isinstance(pool.conninfo, str)
-        assert isinstance(pool.kwargs, dict)
         # A lost fetch commit leaves the job to run again, as a crash after it would (the
         # rescue): the fetch need not wait for the disk. Finishes do.
         # The fetch must walk the priority index and stop after N rows. Planned from stale
         # statistics (a table that was empty at the last ANALYZE, then got 20,000 jobs in one
         # commit), PostgreSQL chose to scan and sort every queued job instead: 10 ms per
         # fetch, not 2. Nothing else runs on this connection.
-        self._fetch_connection = DedicatedConnection(
-            pool.conninfo,
-            pool.kwargs,
+        self._fetch_connection = DedicatedConnection.like_pool_of(
+            connector,
             settings={"synchronous_commit": "off", "enable_seqscan": "off", "enable_sort": "off"},
         )
-        finish_connection = DedicatedConnection(
-            pool.conninfo, pool.kwargs, settings=FINISH_CONNECTION_SETTINGS
+        finish_connection = DedicatedConnection.like_pool_of(
+            connector, settings=FINISH_CONNECTION_SETTINGS
         )
         self._finisher = FinishBatcher(
             finish_connection,
@@ -449,22 +444,42 @@ class TaskhubWorker(Worker):
         job_result: JobResult | None,
     ) -> asyncio.Future[Any]:
         """The outcome on its way to the database: for the usual job, its place in the next
-        finish batch (no task of its own); otherwise ``_persist_job_status`` in a task."""
+        finish batch, at once (no task of its own); otherwise ``_persist_job_status`` in a
+        task (a special outcome, or a progress write still in flight)."""
         runtime = runtime_of(context)
         reporter = runtime.reporter
         closed, progress = (
             reporter.close_if_idle() if isinstance(reporter, ProgressReporter) else (True, None)
         )
-        if (
-            not closed
-            or self._finisher is None
-            or self.delete_jobs != jobs.DeleteJobCondition.NEVER
-            or isinstance(runtime.error, RateLimited)
-            or (status == jobs.Status.ABORTED and context.abort_reason() == AbortReason.SHUTDOWN)
-        ):
-            return asyncio.ensure_future(
-                self._persist_job_status(job, status, retry_decision, context, job_result)
-            )
+        if closed and self._special_outcome(status, runtime, context) is None:
+            return self._submit(job, status, retry_decision, runtime, job_result, progress)
+        return asyncio.ensure_future(
+            self._persist_job_status(job, status, retry_decision, context, job_result)
+        )
+
+    def _special_outcome(
+        self, status: jobs.Status, runtime: JobRuntime, context: JobContext
+    ) -> Literal["deleted", "postponed", "requeued"] | None:
+        """How an outcome is stored when not through a finish batch."""
+        if self.delete_jobs != jobs.DeleteJobCondition.NEVER:
+            return "deleted"  # deleted jobs keep nothing: procrastinate's own path
+        if isinstance(runtime.error, RateLimited):
+            return "postponed"  # over the rate limit: not a failure, no attempt used up
+        if status == jobs.Status.ABORTED and context.abort_reason() == AbortReason.SHUTDOWN:
+            return "requeued"  # not the job's fault: it runs again, as if never started
+        return None
+
+    def _submit(
+        self,
+        job: jobs.Job,
+        status: jobs.Status,
+        retry_decision: retry.RetryDecision | None,
+        runtime: JobRuntime,
+        job_result: JobResult | None,
+        progress: Progress | None,
+    ) -> asyncio.Future[bool]:
+        """The job's outcome joins the next finish batch; the future says if it was stored."""
+        assert self._finisher is not None
         self._outcome_submitted(runtime)
         entry = self._outcome(job, status, retry_decision, runtime, job_result, progress)
         stored = self._finisher.submit(entry)
@@ -558,37 +573,32 @@ class TaskhubWorker(Worker):
         context: JobContext,
         job_result: JobResult | None,
     ) -> None:
+        """The outcomes ``_persist`` cannot submit at once (see ``_special_outcome``)."""
         runtime = runtime_of(context)
-        if self.delete_jobs != jobs.DeleteJobCondition.NEVER:
-            # Deleted jobs keep nothing; procrastinate's own path is all there is to do.
+        special = self._special_outcome(status, runtime, context)
+        if special == "deleted":
             self._outcome_submitted(runtime)
             await super()._persist_job_status(job, status, retry_decision, context, job_result)
             return
         assert job.id is not None
-        assert self._finisher is not None
         reporter = runtime.reporter
         progress = await reporter.close() if isinstance(reporter, ProgressReporter) else None
+        if special is None:
+            await self._submit(job, status, retry_decision, runtime, job_result, progress)
+            return
         self._outcome_submitted(runtime)
         if isinstance(runtime.error, RateLimited):
-            # Over the rate limit: not a failure, and no attempt used up.
             rows = await self.app.connector.execute_query_all_async(
                 QUERIES["postpone_job"],
                 job_id=job.id,
                 worker_id=self.worker_id,
                 retry_at=runtime.error.retry_at,
             )
-            self._forget(job, fenced=not rows)
-            return
-        if status == jobs.Status.ABORTED and context.abort_reason() == AbortReason.SHUTDOWN:
-            # Not the job's fault: it runs again, on another worker, as if never started.
+        else:
             rows = await self.app.connector.execute_query_all_async(
                 QUERIES["requeue_jobs"], job_ids=[job.id], worker_id=self.worker_id
             )
-            self._forget(job, fenced=not rows)
-            return
-        entry = self._outcome(job, status, retry_decision, runtime, job_result, progress)
-        stored = await self._finisher.finish(entry)
-        self._forget(job, fenced=not stored)
+        self._forget(job, fenced=not rows)
 
     def _outcome(
         self,
