@@ -179,12 +179,55 @@ def _error_params(error: BaseException | None) -> dict[str, Any]:
     }
 
 
-class WakeEvent(asyncio.Event):
+class Signal(asyncio.Event):
+    """An ``asyncio.Event`` that :func:`wait_first` can wait on next to others."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._watchers: set[asyncio.Future[None]] = set()
+
+    def set(self) -> None:
+        super().set()
+        for watcher in self._watchers:
+            if not watcher.done():
+                watcher.set_result(None)
+
+
+async def wait_first(*signals: Signal, timeout: float | None = None) -> None:
+    """Until one of ``signals`` is set, or ``timeout`` seconds pass.
+
+    procrastinate's ``utils.wait_any`` starts an asyncio task per awaitable and cancels and
+    gathers the others once one is done: four passes of the event loop between a NOTIFY and
+    the fetch it calls for. Here one future is resolved by whichever comes first.
+    """
+    if any(signal.is_set() for signal in signals):
+        return
+    loop = asyncio.get_running_loop()
+    waiter: asyncio.Future[None] = loop.create_future()
+
+    def time_out() -> None:
+        if not waiter.done():
+            waiter.set_result(None)
+
+    timer = loop.call_later(timeout, time_out) if timeout is not None else None
+    for signal in signals:
+        signal._watchers.add(waiter)
+    try:
+        await waiter
+    finally:
+        for signal in signals:
+            signal._watchers.discard(waiter)
+        if timer is not None:
+            timer.cancel()
+
+
+class WakeEvent(Signal):
     """The worker's "new job" event, keeping a wake-up that lands during a fetch.
 
     procrastinate clears this event after every fetch. A NOTIFY that arrives while a fetch is
     in flight (too late for its snapshot) was cleared with it, and the job waited for the next
-    poll. Here ``clear`` keeps a ``set`` that came after the loop last woke up.
+    poll. Here ``clear`` keeps a ``set`` that came after the loop last woke up (``wait``, or
+    ``woke`` after :func:`wait_first`).
     """
 
     def __init__(self) -> None:
@@ -197,8 +240,12 @@ class WakeEvent(asyncio.Event):
 
     async def wait(self) -> Literal[True]:
         await super().wait()
-        self._unseen = False
+        self.woke()
         return True
+
+    def woke(self) -> None:
+        """The loop is awake: a ``set`` before this is served by the coming fetch."""
+        self._unseen = False
 
     def clear(self) -> None:
         if not self._unseen:
@@ -208,13 +255,17 @@ class WakeEvent(asyncio.Event):
 class TaskhubWorker(Worker):
     """procrastinate's worker, fetching and finishing in batches (see the module's doc)."""
 
+    _new_job_event: WakeEvent
+    _stop_event: Signal
+
     def __init__(self, *, finish_delay: float = FINISH_DELAY, **options: Any) -> None:
         options["worker_middleware"] = [track_job, *(options.get("worker_middleware") or [])]
         super().__init__(**options)
         quiet_routine_job_lines()
         self._new_job_event = WakeEvent()
+        self._stop_event = Signal()
         self.finish_delay = finish_delay
-        self._slot_freed = asyncio.Event()
+        self._slot_freed = Signal()
         self._still_running = 0  # started jobs whose outcome is not submitted yet
         self._early_aborts: dict[int, float] = {}  # abort requests for jobs not running yet
         self._fetch_connection: DedicatedConnection | None = None
@@ -295,7 +346,13 @@ class TaskhubWorker(Worker):
             await finish_connection.close()
 
     async def _fetch_and_process_jobs(self) -> None:
-        """Fetch as many jobs as there are free slots, in one statement, until none is left."""
+        """Fetch as many jobs as there are free slots, in one statement, and when none is
+        left, wait for a NOTIFY or the next poll here, until the worker stops.
+
+        procrastinate's ``_run_loop`` calls this once, then again after each wake-up, which it
+        waits for with ``utils.wait_any``; returning only at the stop keeps the wait cheap
+        (``wait_first``). With ``wait=False`` it returns when nothing is left, as procrastinate.
+        """
         manager = self.app.job_manager
         assert isinstance(manager, TaskhubJobManager)
         assert self.worker_id is not None
@@ -310,7 +367,7 @@ class TaskhubWorker(Worker):
             )
             if free <= 0:
                 self._slot_freed.clear()
-                await utils.wait_any(self._slot_freed.wait(), self._stop_event.wait())
+                await wait_first(self._slot_freed, self._stop_event)
                 continue
             fetched = await manager.fetch_jobs(
                 self._fetch_connection, queues=self.queues, worker_id=self.worker_id, count=free
@@ -322,7 +379,15 @@ class TaskhubWorker(Worker):
             for job in fetched:
                 self._start_job(job)
             if len(fetched) < free:
-                return  # nothing else is due: wait for a NOTIFY or the next poll
+                # Nothing else is due: wait for a NOTIFY or the next poll.
+                if not self.wait:
+                    return
+                await wait_first(
+                    self._new_job_event,
+                    self._stop_event,
+                    timeout=self.fetch_job_polling_interval,
+                )
+                self._new_job_event.woke()
 
     async def _process_job(self, context: JobContext) -> None:
         """procrastinate's ``_process_job`` (3.10): the same outcome for every job, without

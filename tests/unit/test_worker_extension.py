@@ -6,6 +6,7 @@ any integration test shows lost results or errors.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 
@@ -13,7 +14,7 @@ from procrastinate import JobContext
 from procrastinate.periodic import PeriodicDeferrer
 from procrastinate.worker import Worker
 
-from backend.runtime.worker import RoutineJobLines, TaskhubWorker, WakeEvent
+from backend.runtime.worker import RoutineJobLines, Signal, TaskhubWorker, WakeEvent, wait_first
 
 
 def test_persist_job_status_signature_is_the_one_we_override() -> None:
@@ -75,6 +76,34 @@ async def test_a_wake_up_during_a_fetch_survives_the_clear_after_it() -> None:
     assert await event.wait()
     event.clear()  # that fetch saw everything: now it may clear
     assert not event.is_set()
+
+
+async def test_wait_first_returns_when_any_signal_is_set_and_forgets_its_waiter() -> None:
+    new_job, stop = WakeEvent(), Signal()
+    waiting = asyncio.create_task(wait_first(new_job, stop, timeout=60))
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    stop.set()
+    await asyncio.wait_for(waiting, timeout=1)
+    assert not new_job._watchers
+    assert not stop._watchers
+    await asyncio.wait_for(wait_first(new_job, stop), timeout=1)  # already set: at once
+
+
+async def test_wait_first_times_out_like_the_polling_interval() -> None:
+    started = asyncio.get_running_loop().time()
+    await wait_first(WakeEvent(), Signal(), timeout=0.05)
+    assert asyncio.get_running_loop().time() - started >= 0.05
+
+
+async def test_a_wake_up_after_wait_first_survives_the_clear_after_the_fetch() -> None:
+    event = WakeEvent()
+    event.set()
+    await wait_first(event, timeout=1)
+    event.woke()  # the loop is awake and fetches; a NOTIFY lands meanwhile
+    event.set()
+    event.clear()
+    assert event.is_set()
 
 
 def test_the_periodic_deferrer_is_started_through_the_method_we_override() -> None:
