@@ -44,21 +44,37 @@ async def get_queue(conn: DictConnection, name: str) -> QueueInfo:
     )  # fmt: skip
 
 
-async def pause_queue(conn: DictConnection, name: str, actor: str) -> QueueInfo:
-    """Stop workers from taking this queue's jobs; running ones finish. Idempotent."""
+async def pause(conn: DictConnection, name: str, actor: str) -> bool:
+    """Stop workers from taking this queue's jobs; running ones finish. Idempotent: False when
+    it was paused already."""
     cursor = await conn.execute(QUERIES["pause_queue"], {"queue": name, "actor": actor})
-    if await cursor.fetchone() is not None:
-        await conn.execute(
-            QUERIES["record_queue_audit"], {"actor": actor, "action": "pause", "queue": name}
-        )
+    if await cursor.fetchone() is None:
+        return False
+    await conn.execute(
+        QUERIES["record_queue_audit"], {"actor": actor, "action": "pause", "queue": name}
+    )
+    return True
+
+
+async def resume(conn: DictConnection, name: str, actor: str) -> bool:
+    """Let workers take this queue's jobs again, at once. Idempotent: False when it was not
+    paused."""
+    cursor = await conn.execute(QUERIES["resume_queue"], {"queue": name})
+    if await cursor.fetchone() is None:
+        return False
+    await conn.execute(
+        QUERIES["record_queue_audit"], {"actor": actor, "action": "resume", "queue": name}
+    )
+    return True
+
+
+async def pause_queue(conn: DictConnection, name: str, actor: str) -> QueueInfo:
+    """``pause``, then the queue's figures (which count every job of the queue)."""
+    await pause(conn, name, actor)
     return await get_queue(conn, name)
 
 
 async def resume_queue(conn: DictConnection, name: str, actor: str) -> QueueInfo:
-    """Let workers take this queue's jobs again, at once. Idempotent."""
-    cursor = await conn.execute(QUERIES["resume_queue"], {"queue": name})
-    if await cursor.fetchone() is not None:
-        await conn.execute(
-            QUERIES["record_queue_audit"], {"actor": actor, "action": "resume", "queue": name}
-        )
+    """``resume``, then the queue's figures (which count every job of the queue)."""
+    await resume(conn, name, actor)
     return await get_queue(conn, name)

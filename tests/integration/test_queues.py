@@ -6,7 +6,7 @@ import asyncio
 
 import httpx
 
-from backend import jobs, queue
+from backend import jobs, queue, queues
 from backend.api import create_app
 from backend.db import DictConnection
 from backend.settings import Settings
@@ -64,3 +64,19 @@ async def test_pausing_needs_operate_and_a_valid_name(settings: Settings, db_url
     async with running_api(create_app(settings, db_url)) as operator:
         assert (await operator.post("/queues/no%20spaces/pause")).status_code == 422
         assert (await operator.post(f"/queues/{'x' * 41}/pause")).status_code == 422
+
+
+async def test_pause_and_resume_say_whether_they_changed_anything(conn: DictConnection) -> None:
+    """The bare state changes (no figures, so no count of the queue's jobs): idempotent, and
+    audited only when they change something."""
+    async with conn.transaction():
+        assert await queues.pause(conn, "reports", "ops") is True
+        assert await queues.pause(conn, "reports", "ops") is False
+        assert (await queues.get_queue(conn, "reports")).paused is True
+        assert await queues.resume(conn, "reports", "ops") is True
+        assert await queues.resume(conn, "reports", "ops") is False
+        assert (await queues.get_queue(conn, "reports")).paused is False
+        cursor = await conn.execute(
+            "SELECT action FROM taskhub.audit_log WHERE details->>'queue' = 'reports' ORDER BY id"
+        )
+        assert [row["action"] for row in await cursor.fetchall()] == ["pause", "resume"]
