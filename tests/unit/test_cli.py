@@ -258,3 +258,22 @@ def test_lower_cpu_priority_sets_a_floor_not_a_step() -> None:
     start, unchanged, after = (int(value) for value in done.stdout.split())
     assert unchanged == start
     assert after == max(start, 5)
+
+
+def test_serving_processes_set_their_import_time_objects_aside_from_the_collector() -> None:
+    """``run_services`` starts with it: a worker's full collections no longer walk every
+    module's objects, and the young generation is collected in larger passes."""
+    script = (
+        "import gc\n"
+        "from backend.runner import GC_YOUNG_THRESHOLD, tune_garbage_collector\n"
+        "before = gc.get_freeze_count()\n"
+        "tune_garbage_collector()\n"
+        "print(before, gc.get_freeze_count(), gc.get_threshold()[0] == GC_YOUNG_THRESHOLD)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60
+    )
+    before, frozen, threshold_set = done.stdout.split()
+    assert int(before) == 0
+    assert int(frozen) > 10_000, "the imported modules' objects are frozen"
+    assert threshold_set == "True"
