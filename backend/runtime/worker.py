@@ -192,6 +192,13 @@ class Signal(asyncio.Event):
             if not watcher.done():
                 watcher.set_result(None)
 
+    def watch(self, watcher: asyncio.Future[None]) -> None:
+        """``set`` resolves ``watcher`` too, until ``unwatch``."""
+        self._watchers.add(watcher)
+
+    def unwatch(self, watcher: asyncio.Future[None]) -> None:
+        self._watchers.discard(watcher)
+
 
 async def wait_first(*signals: Signal, timeout: float | None = None) -> None:
     """Until one of ``signals`` is set, or ``timeout`` seconds pass.
@@ -200,7 +207,7 @@ async def wait_first(*signals: Signal, timeout: float | None = None) -> None:
     gathers the others once one is done: four passes of the event loop between a NOTIFY and
     the fetch it calls for. Here one future is resolved by whichever comes first.
     """
-    if any(signal.is_set() for signal in signals):
+    if any(event.is_set() for event in signals):
         return
     loop = asyncio.get_running_loop()
     waiter: asyncio.Future[None] = loop.create_future()
@@ -210,13 +217,13 @@ async def wait_first(*signals: Signal, timeout: float | None = None) -> None:
             waiter.set_result(None)
 
     timer = loop.call_later(timeout, time_out) if timeout is not None else None
-    for signal in signals:
-        signal._watchers.add(waiter)
+    for event in signals:
+        event.watch(waiter)
     try:
         await waiter
     finally:
-        for signal in signals:
-            signal._watchers.discard(waiter)
+        for event in signals:
+            event.unwatch(waiter)
         if timer is not None:
             timer.cancel()
 

@@ -85,7 +85,7 @@ async def test_wait_first_returns_when_any_signal_is_set_and_forgets_its_waiter(
     assert not waiting.done()
     stop.set()
     await asyncio.wait_for(waiting, timeout=1)
-    assert not new_job._watchers
+    assert not new_job._watchers, "the waiter is forgotten"
     assert not stop._watchers
     await asyncio.wait_for(wait_first(new_job, stop), timeout=1)  # already set: at once
 
