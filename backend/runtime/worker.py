@@ -57,6 +57,8 @@ logger = logging.getLogger(__name__)
 
 TRACEBACK_LIMIT = 20_000  # characters kept per error
 FINISH_DELAY = 0.01  # seconds a finished job waits for others to share its finish statement
+#: Jobs held per slot, running or waiting for their finish to commit (_fetch_and_process_jobs).
+JOBS_HELD_PER_SLOT = 3
 EARLY_ABORTS_KEPT = 60.0  # seconds an abort request for a job not (yet) running is remembered
 # procrastinate's routine per-job log lines: taskhub shows them at DEBUG only. At thousands of
 # jobs per second, two INFO lines per job cost more than the jobs (failures still log).
@@ -366,11 +368,14 @@ class TaskhubWorker(Worker):
         assert self._fetch_connection is not None
         while not self._stop_event.is_set():
             # A slot frees when its job's outcome is submitted: the next batch is fetched and
-            # run while the last one's finish statement is in flight. At most ``concurrency``
-            # outcomes wait for their batch on top of the running jobs.
+            # run while the last one's finish statement is in flight. The worker holds at most
+            # 3 x concurrency jobs whose outcome is not committed yet: the running ones, and
+            # two batches of outcomes, one in that statement and one filling up behind it. With
+            # room for one batch only, a worker of short jobs stopped fetching until each
+            # finish committed (6% fewer jobs/s for one process).
             free = min(
                 self.concurrency - self._still_running,
-                2 * self.concurrency - len(self._running_jobs),
+                JOBS_HELD_PER_SLOT * self.concurrency - len(self._running_jobs),
             )
             if free <= 0:
                 self._slot_freed.clear()

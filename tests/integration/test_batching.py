@@ -363,3 +363,33 @@ async def test_draining_the_finisher_lets_the_last_batch_wake_its_waiters(
         await listener.close()
         await fetch.close()
         await finish.close()
+
+
+async def test_a_worker_runs_at_most_its_concurrency_and_holds_at_most_three_times_it(
+    settings: Settings, db_url: str, conn: DictConnection
+) -> None:
+    """Fetches never exceed the free slots, and jobs whose outcome has not committed yet (the
+    running ones and two batches of outcomes) stay within 3 x concurrency."""
+    RUNS.clear()
+    concurrency = 4
+    sleepers = await defer_many(
+        conn, "tests.record", [{"token": f"r{n}", "pause": 0.03} for n in range(24)]
+    )
+    quick = await defer_many(conn, "tests.echo", [{"text": f"e{n}"} for n in range(200)])
+    fetches: list[tuple[int, int, int]] = []  # (running, held, fetched) as each fetch returns
+
+    async def log_fetch(worker: TaskhubWorker, fetched: list[jobs.Job]) -> None:
+        fetches.append((worker._still_running, len(worker._running_jobs), len(fetched)))
+        manager = worker.app.job_manager
+        assert isinstance(manager, HookedJobManager)
+        manager.after_fetch = log_fetch  # every fetch, not just the first
+
+    async with hooked_worker(settings, db_url, log_fetch, concurrency=concurrency):
+        await eventually(lambda: all_finished(conn, sleepers + quick), within=30)
+
+    assert len(fetches) > 1
+    assert all(running + fetched <= concurrency for running, _, fetched in fetches), fetches
+    assert all(held + fetched <= 3 * concurrency for _, held, fetched in fetches), fetches
+    edges = sorted([(start, 1) for _, start, _ in RUNS] + [(end, -1) for _, _, end in RUNS])
+    at_once = list(itertools.accumulate(step for _, step in edges))
+    assert 2 <= max(at_once) <= concurrency
