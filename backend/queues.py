@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
@@ -47,23 +48,28 @@ async def get_queue(conn: DictConnection, name: str) -> QueueInfo:
 async def pause(conn: DictConnection, name: str, actor: str) -> bool:
     """Stop workers from taking this queue's jobs; running ones finish. Idempotent: False when
     it was paused already."""
-    cursor = await conn.execute(QUERIES["pause_queue"], {"queue": name, "actor": actor})
-    if await cursor.fetchone() is None:
-        return False
-    await conn.execute(
-        QUERIES["record_queue_audit"], {"actor": actor, "action": "pause", "queue": name}
-    )
-    return True
+    return await _change(conn, "pause", name, actor, {"queue": name, "actor": actor})
 
 
 async def resume(conn: DictConnection, name: str, actor: str) -> bool:
     """Let workers take this queue's jobs again, at once. Idempotent: False when it was not
     paused."""
-    cursor = await conn.execute(QUERIES["resume_queue"], {"queue": name})
+    return await _change(conn, "resume", name, actor, {"queue": name})
+
+
+async def _change(
+    conn: DictConnection,
+    action: Literal["pause", "resume"],
+    name: str,
+    actor: str,
+    params: dict[str, str],
+) -> bool:
+    """Run the ``<action>_queue`` query; audit it when it changed something."""
+    cursor = await conn.execute(QUERIES[f"{action}_queue"], params)
     if await cursor.fetchone() is None:
         return False
     await conn.execute(
-        QUERIES["record_queue_audit"], {"actor": actor, "action": "resume", "queue": name}
+        QUERIES["record_queue_audit"], {"actor": actor, "action": action, "queue": name}
     )
     return True
 
