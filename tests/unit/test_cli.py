@@ -240,6 +240,14 @@ def test_cli_validates_like_the_api(
     assert_nothing_started(workdir)
 
 
+def run_python(script: str) -> str:
+    """What ``script`` prints, run in a fresh interpreter: process-wide settings stay there."""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60
+    )
+    return done.stdout
+
+
 def test_lower_cpu_priority_sets_a_floor_not_a_step() -> None:
     """A supervised worker process inherits its supervisor's niceness: it must not add more."""
     script = (
@@ -252,10 +260,7 @@ def test_lower_cpu_priority_sets_a_floor_not_a_step() -> None:
         "lower_cpu_priority(5)\n"
         "print(start, unchanged, os.getpriority(os.PRIO_PROCESS, 0))\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60
-    )
-    start, unchanged, after = (int(value) for value in done.stdout.split())
+    start, unchanged, after = (int(value) for value in run_python(script).split())
     assert unchanged == start
     assert after == max(start, 5)
 
@@ -270,10 +275,7 @@ def test_serving_processes_set_their_import_time_objects_aside_from_the_collecto
         "tune_garbage_collector()\n"
         "print(before, gc.get_freeze_count(), gc.get_threshold()[0] == GC_YOUNG_THRESHOLD)\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60
-    )
-    before, frozen, threshold_set = done.stdout.split()
+    before, frozen, threshold_set = run_python(script).split()
     assert int(before) == 0
     assert int(frozen) > 10_000, "the imported modules' objects are frozen"
     assert threshold_set == "True"
