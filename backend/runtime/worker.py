@@ -235,8 +235,8 @@ class WakeEvent(Signal):
 
     procrastinate clears this event after every fetch. A NOTIFY that arrives while a fetch is
     in flight (too late for its snapshot) was cleared with it, and the job waited for the next
-    poll. Here ``clear`` keeps a ``set`` that came after the loop last woke up (``wait``, or
-    ``woke`` after :func:`wait_first`).
+    poll. Here ``clear`` keeps a ``set`` that came after the loop last woke up (``woke``, after
+    :func:`wait_first`).
     """
 
     def __init__(self) -> None:
@@ -246,11 +246,6 @@ class WakeEvent(Signal):
     def set(self) -> None:
         self._unseen = True
         super().set()
-
-    async def wait(self) -> Literal[True]:
-        await super().wait()
-        self.woke()
-        return True
 
     def woke(self) -> None:
         """The loop is awake: a ``set`` before this is served by the coming fetch."""
