@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import json
 import logging
 import os
@@ -39,6 +38,7 @@ from pydantic import SecretStr
 
 import backend
 from backend.errors import TaskhubError
+from backend.lifetime import signal_on_parent_death
 from backend.settings import Settings, env_name
 
 logger = logging.getLogger(__name__)
@@ -50,7 +50,6 @@ GIVE_UP_AFTER = 3  # fast exits in a row of one worker process before the parent
 RESTART_DELAY = 0.5  # seconds before a restart, doubled for each fast exit in a row
 MAX_RESTART_DELAY = 10.0
 PARENT_POLL_SECONDS = 1.0  # where PR_SET_PDEATHSIG is missing
-PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
 class WorkerProcessesFailing(TaskhubError):
@@ -138,11 +137,7 @@ def child_command(index: int, parent_pid: int) -> list[str]:
 def stop_with_parent(parent_pid: int) -> None:
     """In a worker process: get SIGTERM when the supervisor dies, so the worker hands its jobs
     back and exits instead of running on as an orphan."""
-    if sys.platform == "linux":
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
-            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
-    else:
+    if not signal_on_parent_death(signal.SIGTERM):
 
         def watch() -> None:
             while os.getppid() == parent_pid:

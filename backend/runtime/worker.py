@@ -306,6 +306,18 @@ class TaskhubWorker(Worker):
     ) -> None:
         if status == jobs.Status.SUCCEEDED and not self.logger.isEnabledFor(logging.DEBUG):
             return  # a routine line (see RoutineJobLines), not even built
+        if isinstance(exc_info, RateLimited):
+            # Not an error: the job waits for its rate limit, with no attempt used up.
+            if self.logger.isEnabledFor(logging.DEBUG):
+                self.logger.debug(
+                    "Job %s postponed by its rate limit until %s",
+                    context.job.call_string,
+                    exc_info.retry_at.isoformat(),
+                    extra=self._log_extra(
+                        context=context, action="job_rate_limited", job_result=job_result
+                    ),
+                )
+            return
         super()._log_job_outcome(status, context, job_result, job_retry, exc_info)
 
     async def _periodic_deferrer(self) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import threading
 import time
@@ -369,8 +370,9 @@ async def limited(args: Marker) -> None:
 
 
 async def test_rate_limit_holds_across_three_workers(
-    conn: DictConnection, settings: Settings, db_url: str
+    conn: DictConnection, settings: Settings, db_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.DEBUG, logger="procrastinate.worker")
     token = uuid.uuid4().hex
     await conn.commit()
     async with conn.transaction():
@@ -394,6 +396,15 @@ async def test_rate_limit_holds_across_three_workers(
     for first, sixth in zip(starts, starts[5:], strict=False):
         assert sixth - first >= 0.95, [round(s - starts[0], 3) for s in starts]
     assert starts[-1] - starts[0] < 6, "and the limit is used, not wasted"
+    postponed = [r for r in caplog.records if "postponed by its rate limit" in r.getMessage()]
+    assert postponed, "a postponement is logged at DEBUG"
+    assert {(r.levelno, r.exc_info) for r in postponed} == {(logging.DEBUG, None)}
+    noisy = [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno >= logging.INFO and ("rate limit" in r.getMessage() or r.exc_info)
+    ]
+    assert noisy == [], "waiting for a rate limit is not an error"
 
 
 @blueprint.task(name="tests.busy_loop", time_limit=1, retry=1)
