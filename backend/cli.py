@@ -20,14 +20,18 @@ from procrastinate.exceptions import ConnectorException
 from procrastinate.jobs import Job
 from psycopg.rows import dict_row
 
-from backend import backups, jobs, migrate, queue, queues, schedules
+from backend import defer
 from backend.auth import parse_tokens
+from backend.control import jobs, queues
+from backend.control.waiting import JobWatcher, reuse, wait_until_finished
 from backend.db import DictConnection, check_database, database_url, describe_database
+from backend.declare import schedules
+from backend.defer import QUEUE_PATTERN
 from backend.errors import TaskhubError
-from backend.queue import QUEUE_PATTERN
+from backend.maintenance import backups
+from backend.process import migrate
 from backend.runtime.progress import Progress
 from backend.settings import Settings, load_settings
-from backend.waiting import JobWatcher, reuse, wait_until_finished
 
 logger = logging.getLogger("taskhub")
 
@@ -348,7 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
             type=_positive,
             help="worker processes (TASKHUB_WORKER_PROCESSES; default: one per core)",
         )
-    # Set by the supervisor on the worker processes it starts (backend/supervisor.py).
+    # Set by the supervisor on the worker processes it starts (backend/process/supervisor.py).
     worker.add_argument("--worker-index", type=_positive, help=argparse.SUPPRESS)
     worker.add_argument("--supervisor-pid", type=_positive, help=argparse.SUPPRESS)
 
@@ -450,11 +454,11 @@ def _serve(
 ) -> None:
     """Run the API and/or the workers until a signal; ``quiet`` (a supervised worker process)
     prints nothing: its supervisor speaks for it."""
-    from backend.runner import WorkerOptions, bind_api_socket, run_services
+    from backend.process.runner import WorkerOptions, bind_api_socket, run_services
 
     sock = bind_api_socket(settings.api_host, settings.api_port) if api else None
     if worker and not api:
-        from backend.supervisor import lower_cpu_priority
+        from backend.process.supervisor import lower_cpu_priority
 
         lower_cpu_priority(settings.worker_nice)
     base = f"http://{settings.api_host}:{settings.api_port}"
@@ -521,7 +525,7 @@ def _serve(
 
 def _worker_process(settings: Settings, args: argparse.Namespace) -> None:
     """One worker process a ``taskhub worker/up --processes N`` supervisor started."""
-    from backend.supervisor import stop_with_parent
+    from backend.process.supervisor import stop_with_parent
 
     if args.supervisor_pid is not None:
         stop_with_parent(args.supervisor_pid)
@@ -540,7 +544,7 @@ def _migrate(settings: Settings, downgrade_to: str | None) -> None:
 
 def _defer(settings: Settings, args: argparse.Namespace) -> None:
     # Validate everything before touching the database: bad input starts nothing.
-    request = queue.DeferRequest.parse(
+    request = defer.DeferRequest.parse(
         {
             "task": args.task,
             "args": args.args,
@@ -551,7 +555,7 @@ def _defer(settings: Settings, args: argparse.Namespace) -> None:
             "queueing_lock": args.queueing_lock,
         }
     )
-    job = queue.make_job(queue.get_task(request.task), request.args, **request.options())
+    job = defer.make_job(defer.get_task(request.task), request.args, **request.options())
     with database_url(settings) as url:
         print(asyncio.run(_insert_and_read(url, job)).model_dump_json(indent=2))
 
@@ -559,7 +563,7 @@ def _defer(settings: Settings, args: argparse.Namespace) -> None:
 async def _insert_and_read(url: str, job: Job) -> jobs.JobView:
     async with await _connect(url) as conn:
         async with conn.transaction():
-            [job_id] = await queue.insert_jobs(conn, [job])
+            [job_id] = await defer.insert_jobs(conn, [job])
         return await jobs.get_job(conn, job_id)
 
 
@@ -736,7 +740,7 @@ class LiveLine:
 
 
 async def _connect(url: str, *, autocommit: bool = False) -> DictConnection:
-    """A connection of the shape backend.jobs expects (dict rows)."""
+    """A connection of the shape backend.control.jobs expects (dict rows)."""
     return await psycopg.AsyncConnection.connect(url, autocommit=autocommit, row_factory=dict_row)
 
 

@@ -16,8 +16,8 @@ from psycopg import AsyncConnection
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool
 
-from backend.embedded import embedded_server
 from backend.errors import DatabaseUnavailable, NotMigrated
+from backend.process.embedded import embedded_server
 from backend.queries import QUERIES
 from backend.settings import Settings
 

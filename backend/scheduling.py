@@ -38,8 +38,8 @@ from pydantic import (
 )
 
 from backend.db import DictConnection
+from backend.declare.policy import Retry
 from backend.errors import TaskhubError
-from backend.policy import Retry
 from backend.queries import QUERIES
 from backend.runtime.isolation import SoftTimeLimitExceeded
 from backend.settings import Settings
@@ -307,10 +307,10 @@ async def _one(conn: DictConnection, query: str, params: dict[str, Any]) -> dict
 
 async def _defer(conn: DictConnection, task_name: str, args: dict[str, Any], lock: str) -> int:
     """Defer on ``conn``: the job commits with the row, or neither does."""
-    # backend.queue imports every task module, ours included, which imports this module.
-    from backend import queue
+    # backend.defer imports every task module, ours included, which imports this module.
+    from backend import defer
 
-    return await queue.defer(conn, queue.get_task(task_name), args, lock=lock)
+    return await defer.defer(conn, defer.get_task(task_name), args, lock=lock)
 
 
 async def get_employee(conn: DictConnection, employee_id: int) -> EmployeeView:

@@ -16,8 +16,8 @@ from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_vali
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from backend.auth import ApiToken, generated_admin_token, parse_tokens
+from backend.declare.policy import RateLimit, parse_rate_limits, parse_schedules
 from backend.errors import SettingsError
-from backend.policy import RateLimit, parse_rate_limits, parse_schedules
 
 
 class Settings(BaseSettings):

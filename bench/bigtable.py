@@ -53,7 +53,9 @@ from common_latency import (
 from psycopg import AsyncConnection, sql
 from psycopg.rows import dict_row
 
-from backend import migrate, queue, queues
+from backend import defer
+from backend.control import queues
+from backend.process import migrate
 from backend.tasks.builtin import ping
 
 TEMPLATE_PREFIX = "taskhub_template_bigtable_"
@@ -274,7 +276,7 @@ async def drain(label: str, url: str, jobs: int, processes: int, argvs: list[lis
         for start in range(0, jobs, 1_000):
             many = [{"message": i} for i in range(start, min(jobs, start + 1_000))]
             async with conn.transaction():
-                ids += await queue.batch_defer(conn, ping, many)
+                ids += await defer.batch_defer(conn, ping, many)
         first, last = min(ids), max(ids)
         await settle(conn)
         with children(f"{label} workers") as group:

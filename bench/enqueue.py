@@ -8,7 +8,7 @@ For each flavour, on a fresh database of its own:
 2. batched: transactions of 1,000 jobs.
 
 Then, for taskhub: T1 = a one-row business transaction (BEGIN; INSERT an order; COMMIT) and
-T2 = the same plus ``queue.defer(conn, ping, {"message": order_id})``, on one held connection,
+T2 = the same plus ``defer.defer(conn, ping, {"message": order_id})``, on one held connection,
 alternated in blocks; plain, and in psycopg pipeline mode.
 
 Run from the repository root::
@@ -43,8 +43,9 @@ from procrastinate.schema import SchemaManager
 from procrastinate.types import JSONDict
 from psycopg import AsyncConnection
 
-from backend import migrate, queue
+from backend import defer
 from backend.db import create_pool
+from backend.process import migrate
 from backend.settings import Settings, load_settings
 from backend.tasks.builtin import ping
 
@@ -134,7 +135,7 @@ class Flavour:
 
 
 class TaskhubFlavour(Flavour):
-    """taskhub's paths: ``queue.defer`` / ``queue.batch_defer`` in the caller's transaction."""
+    """taskhub's paths: ``defer.defer`` / ``defer.batch_defer`` in the caller's transaction."""
 
     name = "taskhub"
 
@@ -151,15 +152,15 @@ class TaskhubFlavour(Flavour):
 
     async def defer_one(self, i: int) -> None:
         async with self.pool.connection() as conn, conn.transaction():
-            await queue.defer(conn, ping, {"message": i})
+            await defer.defer(conn, ping, {"message": i})
 
     async def defer_on(self, conn: AsyncConnection[Any], i: int) -> None:
-        await queue.defer(conn, ping, {"message": i})
+        await defer.defer(conn, ping, {"message": i})
 
     async def defer_batch(self, start: int, count: int) -> None:
         many = [{"message": i} for i in range(start, start + count)]
         async with self.pool.connection() as conn, conn.transaction():
-            await queue.batch_defer(conn, ping, many)
+            await defer.batch_defer(conn, ping, many)
 
 
 async def noop(message: Any = None, sleep: float = 0) -> Any:
@@ -377,7 +378,7 @@ async def t2_plain(conn: AsyncConnection[Any], i: int) -> None:
         cursor = await conn.execute(INSERT_ORDER_RETURNING, (f"customer {i}", i))
         row = await cursor.fetchone()
         assert row is not None
-        await queue.defer(conn, ping, {"message": row[0]})
+        await defer.defer(conn, ping, {"message": row[0]})
 
 
 async def t1_pipeline(conn: AsyncConnection[Any], i: int) -> None:
@@ -404,7 +405,7 @@ VARIANTS: list[Variant] = [
     Variant("T1", "BEGIN; INSERT order; COMMIT (3 round trips)", t1_plain),
     Variant(
         "T2",
-        "BEGIN; INSERT order RETURNING id; `queue.defer(conn, ping, {message: id})`; COMMIT "
+        "BEGIN; INSERT order RETURNING id; `defer.defer(conn, ping, {message: id})`; COMMIT "
         "(4 round trips)",
         t2_plain,
     ),

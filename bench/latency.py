@@ -50,8 +50,9 @@ from common_latency import (
 from procrastinate.schema import SchemaManager
 from psycopg import AsyncConnection
 
-from backend import migrate, queue
+from backend import defer
 from backend.db import create_pool
+from backend.process import migrate
 from backend.settings import Settings, load_settings
 
 FLAVOURS = ("taskhub", "taskhub-txn", "procrastinate")
@@ -114,14 +115,14 @@ class Deferrer:
 
 
 class TaskhubDeferrer(Deferrer):
-    """Pool checkout (with its check) + ``queue.defer``: one statement, its own transaction."""
+    """Pool checkout (with its check) + ``defer.defer``: one statement, its own transaction."""
 
     def __init__(self, url: str, settings: Settings) -> None:
         self.pool = create_pool(url, settings)
 
     async def defer(self) -> int:
         async with self.pool.connection() as conn:
-            return await queue.defer(conn, probe_tasks.probe, {})
+            return await defer.defer(conn, probe_tasks.probe, {})
 
     STARTED_QUERY = (
         "SELECT job.status::text, result.result FROM procrastinate_jobs job "
@@ -130,11 +131,11 @@ class TaskhubDeferrer(Deferrer):
 
 
 class TaskhubTransactionDeferrer(TaskhubDeferrer):
-    """Pool checkout + ``conn.transaction()`` + ``queue.defer``: BEGIN, INSERT, COMMIT."""
+    """Pool checkout + ``conn.transaction()`` + ``defer.defer``: BEGIN, INSERT, COMMIT."""
 
     async def defer(self) -> int:
         async with self.pool.connection() as conn, conn.transaction():
-            return await queue.defer(conn, probe_tasks.probe, {})
+            return await defer.defer(conn, probe_tasks.probe, {})
 
 
 class ProcrastinateDeferrer(Deferrer):

@@ -100,7 +100,7 @@ async def fresh_database(admin_url: str, name: str) -> AsyncIterator[str]:
 
 def migrate_taskhub(url: str) -> None:
     """taskhub's schema, from its alembic migrations (blocking: use asyncio.to_thread)."""
-    from backend import migrate  # imported here: scripts for peers alone need no taskhub
+    from backend.process import migrate  # imported here: scripts for peers alone need no taskhub
 
     migrate.upgrade(url)
 

@@ -13,7 +13,7 @@ import time
 import procrastinate
 from procrastinate import JobContext
 
-from backend.registry import TaskBlueprint
+from backend.declare.registry import TaskBlueprint
 from backend.settings import Settings
 
 TASK_NAME = "bench.probe"

@@ -18,8 +18,8 @@ from collections.abc import Sequence
 
 import probe_tasks
 
-from backend.queue import build_task_app
-from backend.runner import WorkerOptions, run_worker
+from backend.defer import build_task_app
+from backend.process.runner import WorkerOptions, run_worker
 from backend.settings import Settings, load_settings
 from backend.tasks import BLUEPRINTS
 
@@ -31,7 +31,7 @@ async def run_taskhub(url: str, settings: Settings) -> None:
 
 
 async def run_procrastinate(url: str, settings: Settings) -> None:
-    """Stock procrastinate's worker, with the options backend/runner.py gives taskhub's."""
+    """Stock procrastinate's worker, with the options backend/process/runner.py gives taskhub's."""
     app = probe_tasks.procrastinate_app(url, settings)
     async with app.open_async():
         await app.run_worker_async(

@@ -47,7 +47,8 @@ from common_latency import (
 )
 from psycopg import AsyncConnection
 
-from backend import migrate, queue
+from backend import defer
+from backend.process import migrate
 from backend.tasks.builtin import ping
 
 START_TIMEOUT = 60.0
@@ -364,7 +365,7 @@ async def enqueue_backlog(url: str, count: int) -> tuple[int, int]:
         for start in range(0, count, ENQUEUE_BATCH):
             many = [{"message": i} for i in range(start, min(count, start + ENQUEUE_BATCH))]
             async with conn.transaction():
-                batch = await queue.batch_defer(conn, ping, many)
+                batch = await defer.batch_defer(conn, ping, many)
             ids += (batch[0], batch[-1])
     return min(ids), max(ids)
 

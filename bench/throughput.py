@@ -343,7 +343,7 @@ def taskhub_default_concurrency() -> int:
 
 
 class TaskhubSystem(ProcrastinateSchema):
-    """taskhub's CLI worker; jobs through ``backend.queue.batch_defer``."""
+    """taskhub's CLI worker; jobs through ``backend.defer.batch_defer``."""
 
     key = "taskhub"
     name = "taskhub"
@@ -372,10 +372,10 @@ class TaskhubSystem(ProcrastinateSchema):
         return [Command(argv, env) for _ in range(processes)]
 
     async def enqueue(self, conn: AsyncConnection[Any], jobs: int) -> None:
-        from backend import queue
+        from backend import defer
 
-        task = queue.get_task(self.task_name)
-        await queue.batch_defer(conn, task, [{"message": i} for i in range(jobs)])
+        task = defer.get_task(self.task_name)
+        await defer.batch_defer(conn, task, [{"message": i} for i in range(jobs)])
 
 
 class ProcrastinateSystem(ProcrastinateSchema):

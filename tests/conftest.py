@@ -21,9 +21,9 @@ import pytest
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from backend import migrate
 from backend.db import DictConnection
-from backend.embedded import embedded_server
+from backend.process import migrate
+from backend.process.embedded import embedded_server
 from backend.settings import Settings, load_settings
 
 RUN_ID = uuid.uuid4().hex[:8]

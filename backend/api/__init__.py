@@ -13,11 +13,11 @@ from backend.api.middleware import BodySizeLimit
 from backend.api.openapi import TaskhubAPI
 from backend.api.routers import backups, erp, health, jobs, queues, schedules, scheduling, tasks
 from backend.api.schemas import MAX_BODY_BYTES
+from backend.control.waiting import JobWatcher
 from backend.db import create_pool
+from backend.declare.schedules import configured_schedules
 from backend.errors import SettingsError
-from backend.schedules import configured_schedules
 from backend.settings import Settings, load_settings
-from backend.waiting import JobWatcher
 
 DESCRIPTION = """\
 Enqueue jobs, follow them and control them. Jobs are rows in your PostgreSQL (procrastinate's

@@ -11,9 +11,9 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from backend.auth import ApiToken, Scope, authenticate
+from backend.control.waiting import JobWatcher
 from backend.db import DictConnection
 from backend.errors import DatabaseUnavailable, TaskhubError
-from backend.waiting import JobWatcher
 
 
 class Unauthenticated(TaskhubError):

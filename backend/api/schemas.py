@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from backend import queue
+from backend import defer
 
 __all__ = [
     "DeferRequest",
@@ -122,7 +122,7 @@ JOB_PAGE_EXAMPLES: dict[str, dict[str, Any]] = {
 
 
 #: A time filter: any ISO 8601 time, compared in UTC.
-UtcTime = Annotated[datetime.datetime | None, AfterValidator(queue.in_utc)]
+UtcTime = Annotated[datetime.datetime | None, AfterValidator(defer.in_utc)]
 
 
 def _defer_request_schema(schema: dict[str, Any]) -> None:
@@ -159,7 +159,7 @@ def _defer_request_schema(schema: dict[str, Any]) -> None:
     ]
 
 
-class DeferRequest(queue.DeferRequest):
+class DeferRequest(defer.DeferRequest):
     """A job to enqueue. Options left out take the task's defaults.
 
     What PostgreSQL cannot store is a 422 naming the field: NUL, NaN or Infinity and lone
@@ -167,7 +167,7 @@ class DeferRequest(queue.DeferRequest):
     `schedule_at` outside 0001-01-02..9999-12-30 (UTC).
     """
 
-    # The rules live in backend.queue.DeferRequest (shared with the CLI); this adds examples.
+    # The rules live in backend.defer.DeferRequest (shared with the CLI); this adds examples.
 
     model_config = ConfigDict(json_schema_extra=_defer_request_schema)
 

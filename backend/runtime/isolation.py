@@ -35,7 +35,7 @@ from typing import Any
 
 from procrastinate.exceptions import JobAborted
 
-from backend.lifetime import signal_on_parent_death
+from backend.process.lifetime import signal_on_parent_death
 from backend.runtime.progress import Progress
 
 POLL = 0.05  # seconds between checks for the limit or an abort while the child runs
@@ -233,9 +233,7 @@ def _fork() -> int:
 class ChildProcess:
     """A forked child running ``target``; the parent reaps it."""
 
-    def __init__(
-        self, target: Callable[[], Any], prepare: Callable[[PipeReporter], None]
-    ) -> None:
+    def __init__(self, target: Callable[[], Any], prepare: Callable[[PipeReporter], None]) -> None:
         self.receiver, sender = Pipe(duplex=False)
         self.exit_status: int | None = None
         self.pid = _fork()

@@ -38,8 +38,9 @@ from procrastinate.job_context import AbortReason, JobResult
 from procrastinate.worker import Worker
 from psycopg.types.json import Jsonb
 
+from backend.declare.registry import definition_of
+from backend.declare.schedules import ZonedDeferrer
 from backend.queries import QUERIES
-from backend.registry import definition_of
 from backend.runtime.connection import DedicatedConnection
 from backend.runtime.context import SETTINGS_KEY, JobRuntime, runtime_of
 from backend.runtime.finisher import (
@@ -51,7 +52,6 @@ from backend.runtime.finisher import (
 from backend.runtime.isolation import ChildTaskError, TimeLimitExceeded
 from backend.runtime.manager import TaskhubJobManager
 from backend.runtime.progress import Progress, ProgressReporter
-from backend.schedules import ZonedDeferrer
 
 logger = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from backend.registry import TaskBlueprint, TaskDefinition
+from backend.declare.registry import TaskBlueprint, TaskDefinition
 from backend.tasks import backups, builtin, erp, hooks, maintenance, scheduling
 
 BLUEPRINTS: tuple[TaskBlueprint, ...] = (

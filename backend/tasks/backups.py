@@ -1,7 +1,7 @@
 """The periodic database backup: one custom-format pg_dump per tick, checked and recorded.
 
-The logic lives in ``backend/backups.py``; this module declares the task and hands it the
-task's own transactions (the boundary where commits happen).
+The logic lives in ``backend/maintenance/backups.py``; this module declares the task and hands it
+the task's own transactions (the boundary where commits happen).
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from typing import cast
 from procrastinate import PsycopgConnector
 from psycopg_pool import AsyncConnectionPool
 
-from backend import backups
 from backend.db import DictConnection
-from backend.registry import PeriodicArgs, TaskBlueprint
+from backend.declare.registry import PeriodicArgs, TaskBlueprint
+from backend.maintenance import backups
 from backend.runtime.context import TaskContext
 
 blueprint = TaskBlueprint()

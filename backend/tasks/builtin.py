@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from backend.registry import TaskBlueprint
+from backend.declare.registry import TaskBlueprint
 
 blueprint = TaskBlueprint()
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 
 from backend import erp
-from backend.policy import Retry
-from backend.registry import TaskBlueprint
+from backend.declare.policy import Retry
+from backend.declare.registry import TaskBlueprint
 from backend.runtime.context import TaskContext
 
 blueprint = TaskBlueprint()

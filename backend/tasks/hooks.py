@@ -11,9 +11,9 @@ import inspect
 
 from pydantic import BaseModel
 
-from backend.jobs import get_job
-from backend.policy import Retry
-from backend.registry import TaskBlueprint, definition_of
+from backend.control.jobs import get_job
+from backend.declare.policy import Retry
+from backend.declare.registry import TaskBlueprint, definition_of
 from backend.runtime.context import TaskContext
 
 blueprint = TaskBlueprint()

@@ -10,8 +10,8 @@ import time
 import psycopg
 from pydantic import BaseModel, computed_field
 
+from backend.declare.registry import PeriodicArgs, TaskBlueprint
 from backend.queries import QUERIES
-from backend.registry import PeriodicArgs, TaskBlueprint
 from backend.runtime.context import TaskContext
 
 blueprint = TaskBlueprint()

@@ -12,8 +12,8 @@ import psycopg
 from pydantic import BaseModel, ConfigDict
 
 from backend import scheduling
-from backend.policy import Retry
-from backend.registry import PeriodicArgs, TaskBlueprint
+from backend.declare.policy import Retry
+from backend.declare.registry import PeriodicArgs, TaskBlueprint
 from backend.runtime.context import TaskContext
 from backend.runtime.isolation import SoftTimeLimitExceeded, TimeLimitExceeded
 

@@ -13,7 +13,7 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from backend import queue
+from backend import defer as deferring
 from backend.tasks.builtin import ping
 from tests.e2e.conftest import TASKHUB, TaskhubProcess, clean_env
 
@@ -46,7 +46,7 @@ def as_json(db_url: str, cwd: Path, *args: str) -> Any:
 def defer(db_url: str, args: dict[str, Any] | None = None, **options: Any) -> int:
     """Enqueue a taskhub.ping job the way application code does."""
     with psycopg.connect(db_url, row_factory=dict_row) as conn:
-        return queue.defer_sync(conn, ping, args or {}, **options)
+        return deferring.defer_sync(conn, ping, args or {}, **options)
 
 
 def defer_broken(db_url: str) -> int:

@@ -8,7 +8,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from backend.queue import batch_defer_sync
+from backend.defer import batch_defer_sync
 from backend.tasks.builtin import ping
 from tests.e2e.conftest import TaskhubProcess, clean_env
 

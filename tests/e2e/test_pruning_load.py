@@ -19,7 +19,7 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from backend import queue
+from backend import defer
 from backend.tasks.maintenance import prune_jobs
 from tests.e2e.conftest import TaskhubProcess, clean_env, wait_status
 
@@ -204,7 +204,7 @@ def test_pruning_a_million_jobs_keeps_the_workers_pace(
         loaded_at = now(conn)
         # The one run measured, waiting for the pruning worker; the workers' own schedule of
         # it is off.
-        prune_id = queue.defer_sync(conn, prune_jobs, {})
+        prune_id = defer.defer_sync(conn, prune_jobs, {})
         env = clean_env(
             DATABASE_URL=db_url,
             TASKHUB_LOG_LEVEL="WARNING",

@@ -9,7 +9,7 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from backend import queue
+from backend import defer
 from backend.tasks.builtin import ping
 from tests.e2e.conftest import TaskhubProcess, clean_env
 
@@ -20,7 +20,7 @@ def test_five_per_second_across_three_workers(
     spawn: type[TaskhubProcess], tmp_path: Path, db_url: str
 ) -> None:
     with psycopg.connect(db_url, row_factory=dict_row) as conn:
-        ids = [queue.defer_sync(conn, ping, {"message": n}) for n in range(20)]
+        ids = [defer.defer_sync(conn, ping, {"message": n}) for n in range(20)]
         conn.commit()
     env = clean_env(
         DATABASE_URL=db_url,

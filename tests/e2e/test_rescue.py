@@ -11,7 +11,7 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from backend import queue
+from backend import defer as deferring
 from backend.errors import AlreadyQueued
 from backend.tasks.builtin import ping
 from backend.tasks.maintenance import rescue_stalled_jobs
@@ -24,7 +24,7 @@ FAST_HEARTBEATS = {"TASKHUB_HEARTBEAT_INTERVAL": "0.5", "TASKHUB_RESCUE_AFTER": 
 
 def defer(url: str, task: Any, args: dict[str, Any]) -> int:
     with psycopg.connect(url, row_factory=dict_row) as conn:
-        job_id = queue.defer_sync(conn, task, args)
+        job_id = deferring.defer_sync(conn, task, args)
         conn.commit()
     return job_id
 

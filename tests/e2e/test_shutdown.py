@@ -10,7 +10,7 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from backend import queue
+from backend import defer
 from backend.tasks.builtin import ping
 from tests.e2e.conftest import TaskhubProcess, clean_env, job_row, wait_status
 
@@ -21,8 +21,8 @@ def test_sigterm_finishes_short_jobs_and_hands_back_long_ones(
     spawn: type[TaskhubProcess], tmp_path: Path, db_url: str
 ) -> None:
     with psycopg.connect(db_url, row_factory=dict_row) as conn:
-        short = queue.defer_sync(conn, ping, {"message": "short", "sleep": 1})
-        long = queue.defer_sync(conn, ping, {"message": "long", "sleep": 4})
+        short = defer.defer_sync(conn, ping, {"message": "short", "sleep": 1})
+        long = defer.defer_sync(conn, ping, {"message": "long", "sleep": 4})
         conn.commit()
     env = clean_env(DATABASE_URL=db_url, TASKHUB_SHUTDOWN_GRACE_PERIOD="2")
     worker = spawn(["worker", "--concurrency", "2"], tmp_path, env)

@@ -12,9 +12,9 @@ import pytest
 from fastapi import FastAPI
 
 from backend.api import create_app
-from backend.queue import build_task_app
-from backend.registry import TaskBlueprint
-from backend.runner import WorkerOptions, run_worker
+from backend.declare.registry import TaskBlueprint
+from backend.defer import build_task_app
+from backend.process.runner import WorkerOptions, run_worker
 from backend.settings import Settings
 from backend.tasks import BLUEPRINTS
 from tests.conftest import OPERATE_TOKEN, bearer, eventually

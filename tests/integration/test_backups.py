@@ -18,13 +18,16 @@ import pytest
 from procrastinate.periodic import PeriodicDeferrer
 from psycopg.rows import dict_row
 
-from backend import alerts, backups, jobs, migrate, queue
+from backend import defer
+from backend.control import alerts, jobs
 from backend.db import DictConnection
-from backend.embedded import BIN_DIR as EMBEDDED_BIN_DIR
-from backend.embedded import embedded_server
+from backend.defer import build_task_app
 from backend.errors import AlreadyQueued
+from backend.maintenance import backups
+from backend.process import migrate
+from backend.process.embedded import BIN_DIR as EMBEDDED_BIN_DIR
+from backend.process.embedded import embedded_server
 from backend.queries import QUERIES
-from backend.queue import build_task_app
 from backend.settings import Settings, load_settings
 from backend.tasks.backups import backup_database
 from backend.tasks.builtin import ping
@@ -44,7 +47,7 @@ async def defer_backup(conn: DictConnection) -> int:
     """What `taskhub defer taskhub.backup_database` does: a job deferred by hand."""
     await conn.commit()
     async with conn.transaction():
-        return await queue.defer(conn, backup_database, {})
+        return await defer.defer(conn, backup_database, {})
 
 
 async def finished(conn: DictConnection, job_id: int, within: float = 60) -> jobs.JobView:
@@ -127,7 +130,7 @@ async def test_a_backup_through_a_worker_is_written_checked_recorded_and_restora
 ) -> None:
     # A job the backup must carry: the worker below only serves "maintenance", so it waits.
     async with conn.transaction():
-        kept_job = await queue.defer(conn, ping, {"message": "kept in the backup"})
+        kept_job = await defer.defer(conn, ping, {"message": "kept in the backup"})
     expected_tables = int((await fetch_one(conn, QUERIES["backup_table_count"]))["tables"])
     job_id = await defer_backup(conn)
     async with running_worker(settings, db_url, queues=["maintenance"]):

@@ -21,11 +21,11 @@ from procrastinate import App, jobs
 from psycopg.rows import dict_row
 from pydantic import BaseModel
 
-from backend import queue
+from backend import defer
 from backend.db import DictConnection
+from backend.declare.registry import TaskBlueprint
+from backend.defer import build_task_app
 from backend.queries import QUERIES
-from backend.queue import build_task_app
-from backend.registry import TaskBlueprint
 from backend.runtime.connection import DedicatedConnection
 from backend.runtime.context import SETTINGS_KEY
 from backend.runtime.finisher import FINISH_CONNECTION_SETTINGS as FINISH_SETTINGS
@@ -121,13 +121,13 @@ async def hooked_worker(
 async def defer_many(conn: DictConnection, name: str, many: list[dict[str, Any]]) -> list[int]:
     await conn.commit()
     async with conn.transaction():
-        return await queue.batch_defer(conn, blueprint.tasks[name], many)
+        return await defer.batch_defer(conn, blueprint.tasks[name], many)
 
 
 async def defer_one(conn: DictConnection, name: str, args: dict[str, Any], **options: Any) -> int:
     await conn.commit()
     async with conn.transaction():
-        return await queue.defer(conn, blueprint.tasks[name], args, **options)
+        return await defer.defer(conn, blueprint.tasks[name], args, **options)
 
 
 async def statuses(conn: DictConnection, job_ids: list[int]) -> dict[int, str]:

@@ -16,12 +16,12 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from backend import erp, queue
+from backend import defer, erp
 from backend.api import create_app
 from backend.db import DictConnection
-from backend.policy import Retry
+from backend.declare.policy import Retry
+from backend.declare.registry import TaskBlueprint, TaskDefinition
 from backend.queries import QUERIES
-from backend.registry import TaskBlueprint, TaskDefinition
 from backend.settings import Settings, load_settings
 from backend.standins.erp import ErpStandin, demo_app
 from backend.standins.server import serving
@@ -552,7 +552,7 @@ async def test_a_second_waiting_sync_of_a_kind_is_refused(
 
 async def test_unknown_task_ids_are_404(api: httpx.AsyncClient, conn: DictConnection) -> None:
     async with conn.transaction():
-        ping_id = await queue.defer(conn, ping, {})
+        ping_id = await defer.defer(conn, ping, {})
     for task_id in ("999", str(ping_id), "abc123-def456", "0", "99999999999999999999"):
         response = await api.get(f"/erp/task-status/{task_id}")
         assert response.status_code == 404, (task_id, response.text)

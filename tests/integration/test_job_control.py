@@ -10,8 +10,9 @@ from typing import Any
 import httpx
 import pytest
 
-from backend import jobs, queue
+from backend import defer
 from backend.api import create_app
+from backend.control import jobs
 from backend.db import DictConnection
 from backend.settings import Settings
 from backend.tasks.builtin import ping
@@ -21,7 +22,7 @@ from tests.integration.conftest import running_api, running_worker
 
 async def defer_many(conn: DictConnection, count: int, **options: Any) -> list[int]:
     async with conn.transaction():
-        return await queue.batch_defer(
+        return await defer.batch_defer(
             conn, ping, [{"message": n} for n in range(count)], **options
         )
 

@@ -16,18 +16,19 @@ import psycopg
 import pytest
 from pydantic import BaseModel
 
-from backend import jobs, queue
+from backend import defer as deferring
+from backend.control import jobs
+from backend.control.waiting import wait_for_job
 from backend.db import DictConnection
-from backend.policy import Retry
+from backend.declare.policy import Retry
+from backend.declare.registry import TaskBlueprint
 from backend.queries import QUERIES
-from backend.registry import TaskBlueprint
 from backend.runtime.context import TaskContext
 from backend.runtime.finisher import FINISH_CONNECTION_SETTINGS
 from backend.runtime.isolation import SoftTimeLimitExceeded
 from backend.runtime.worker import FINISH_DELAY
 from backend.settings import Settings
 from backend.tasks import BLUEPRINTS
-from backend.waiting import wait_for_job
 from tests.conftest import eventually
 from tests.integration.conftest import running_worker
 
@@ -108,7 +109,7 @@ def long_sync(args: Marker, ctx: TaskContext) -> None:
 async def defer(conn: DictConnection, name: str, args: dict[str, Any] | None = None) -> int:
     await conn.commit()  # end the transaction earlier reads opened: this one must commit
     async with conn.transaction():
-        return await queue.defer(conn, blueprint.tasks[name], args or {})
+        return await deferring.defer(conn, blueprint.tasks[name], args or {})
 
 
 async def finished(conn: DictConnection, job_id: int, within: float = 15) -> jobs.JobView:
@@ -376,7 +377,7 @@ async def test_rate_limit_holds_across_three_workers(
     token = uuid.uuid4().hex
     await conn.commit()
     async with conn.transaction():
-        ids = await queue.batch_defer(
+        ids = await deferring.batch_defer(
             conn, blueprint.tasks["tests.limited"], [{"token": token}] * 15
         )
     quick_polling = settings.model_copy(update={"fetch_polling_interval": 0.05})

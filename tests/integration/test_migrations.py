@@ -8,8 +8,8 @@ import subprocess
 import psycopg
 from procrastinate.schema import SchemaManager
 
-from backend import migrate
-from backend.embedded import BIN_DIR
+from backend.process import migrate
+from backend.process.embedded import BIN_DIR
 
 
 def schema_dump(url: str) -> str:

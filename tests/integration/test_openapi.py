@@ -31,12 +31,12 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from backend import queue
+from backend import defer
 from backend.api import create_app
+from backend.control.waiting import MAX_WAIT
 from backend.db import DictConnection
 from backend.settings import Settings, load_settings
 from backend.tasks.builtin import ping
-from backend.waiting import MAX_WAIT
 from tests.conftest import ADMIN_TOKEN, TOKENS, bearer, count_jobs
 
 CHECKS = [
@@ -87,7 +87,7 @@ def seed_jobs(db_url: str) -> None:
             {},
         ]
         _, _, running, succeeded, failed, cancelled = (
-            queue.defer_sync(conn, ping, {"message": n}, **option)
+            defer.defer_sync(conn, ping, {"message": n}, **option)
             for n, option in enumerate(options)
         )
         for job_id in (running, succeeded, failed):

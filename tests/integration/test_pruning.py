@@ -13,8 +13,10 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from backend import jobs, migrate, queue
+from backend import defer
+from backend.control import jobs
 from backend.db import DictConnection
+from backend.process import migrate
 from backend.settings import Settings
 from backend.tasks.builtin import ping
 from backend.tasks.maintenance import prune_jobs
@@ -36,7 +38,7 @@ async def conn(db_url: str) -> AsyncIterator[DictConnection]:
 
 async def new_jobs(conn: DictConnection, count: int) -> list[int]:
     async with conn.transaction():
-        return await queue.batch_defer(conn, ping, [{"message": n} for n in range(count)])
+        return await defer.batch_defer(conn, ping, [{"message": n} for n in range(count)])
 
 
 async def finish(conn: DictConnection, job_id: int, status: str, days_ago: float = 0) -> None:
@@ -119,7 +121,7 @@ async def run_prune(
     """Defer taskhub.prune_jobs on its own queue, let a real worker of that queue run it, and
     return its report. The worker's own schedule of it is off: only this run prunes."""
     async with conn.transaction():
-        job_id = await queue.defer(conn, prune_jobs, {})
+        job_id = await defer.defer(conn, prune_jobs, {})
     worker_settings = settings.model_copy(
         update={"schedules": "taskhub.prune_jobs=off", **overrides}
     )

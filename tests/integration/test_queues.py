@@ -6,8 +6,9 @@ import asyncio
 
 import httpx
 
-from backend import jobs, queue, queues
+from backend import defer
 from backend.api import create_app
+from backend.control import jobs, queues
 from backend.db import DictConnection
 from backend.settings import Settings
 from backend.tasks.builtin import ping
@@ -24,8 +25,8 @@ async def test_a_paused_queue_waits_while_others_run(
     assert (await client.post("/queues/emails/pause")).status_code == 200, "idempotent"
 
     async with conn.transaction():
-        email = await queue.defer(conn, ping, {"message": "newsletter"}, queue="emails")
-        other = await queue.defer(conn, ping, {"message": "invoice"}, queue="default")
+        email = await defer.defer(conn, ping, {"message": "newsletter"}, queue="emails")
+        other = await defer.defer(conn, ping, {"message": "invoice"}, queue="default")
     slow_polling = settings.model_copy(update={"fetch_polling_interval": 600})
     async with running_worker(slow_polling, db_url):
 

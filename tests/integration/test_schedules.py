@@ -14,9 +14,9 @@ from collections.abc import AsyncIterator
 
 from backend.api import create_app
 from backend.db import DictConnection
-from backend.queue import build_task_app
-from backend.registry import PeriodicArgs, TaskBlueprint
-from backend.schedules import ZonedDeferrer, list_schedules
+from backend.declare.registry import PeriodicArgs, TaskBlueprint
+from backend.declare.schedules import ZonedDeferrer, list_schedules
+from backend.defer import build_task_app
 from backend.settings import Settings
 from tests.conftest import READ_TOKEN, eventually
 from tests.integration.conftest import running_api, running_worker

@@ -9,7 +9,8 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from backend import jobs, queue
+from backend import defer
+from backend.control import jobs
 from backend.db import DictConnection
 from backend.errors import AlreadyQueued, InvalidJobArguments
 from backend.settings import Settings, load_settings
@@ -56,7 +57,7 @@ async def test_rollback_leaves_no_job_and_wakes_no_worker(
         with pytest.raises(RuntimeError, match="payment declined"):
             async with conn.transaction():
                 await conn.execute("INSERT INTO invoices (total) VALUES (10)")
-                job_id = await queue.defer(conn, ping, PingArgs(message="invoice created"))
+                job_id = await defer.defer(conn, ping, PingArgs(message="invoice created"))
                 assert job_id > 0
                 raise RuntimeError("payment declined")
         assert await notifications_within(listener, 0.5) == []
@@ -73,7 +74,7 @@ async def test_commit_gives_one_job_and_one_wakeup(conn: DictConnection, db_url:
     try:
         async with conn.transaction():
             await conn.execute("INSERT INTO invoices (total) VALUES (10)")
-            job_id = await queue.defer(conn, ping, {"message": "invoice created"})
+            job_id = await defer.defer(conn, ping, {"message": "invoice created"})
             # Not visible, and not announced, before the commit.
             assert await notifications_within(listener, 0.2) == []
         payloads = await notifications_within(listener, 1.0)
@@ -98,7 +99,7 @@ async def test_worker_picks_up_committed_job_through_notify(
     async with running_worker(slow_polling, db_url):
         # The worker's first fetch happened at start: the queue was empty then.
         async with conn.transaction():
-            job_id = await queue.defer(conn, ping, {"message": "wake up"})
+            job_id = await defer.defer(conn, ping, {"message": "wake up"})
 
         async def succeeded() -> bool:
             return (await jobs.get_job(conn, job_id)).status == "succeeded"
@@ -112,25 +113,25 @@ async def test_worker_picks_up_committed_job_through_notify(
 
 async def test_invalid_arguments_enqueue_nothing(conn: DictConnection) -> None:
     with pytest.raises(InvalidJobArguments, match=r"args\.sleep"):
-        await queue.defer(conn, ping, {"sleep": "soon"})
+        await defer.defer(conn, ping, {"sleep": "soon"})
     with pytest.raises(InvalidJobArguments, match=r"args\.colour"):
-        await queue.defer(conn, ping, {"colour": "blue"})
+        await defer.defer(conn, ping, {"colour": "blue"})
     await conn.commit()
     assert await count_jobs(conn) == 0
 
 
 async def test_queueing_lock_refuses_a_second_waiting_job(conn: DictConnection) -> None:
-    await queue.defer(conn, ping, {}, queueing_lock="nightly-report")
+    await defer.defer(conn, ping, {}, queueing_lock="nightly-report")
     await conn.commit()
     with pytest.raises(AlreadyQueued, match="nightly-report"):
-        await queue.defer(conn, ping, {}, queueing_lock="nightly-report")
+        await defer.defer(conn, ping, {}, queueing_lock="nightly-report")
     await conn.rollback()
     assert await count_jobs(conn) == 1
 
 
 async def test_batch_defer_is_one_statement_in_the_transaction(conn: DictConnection) -> None:
     async with conn.transaction():
-        ids = await queue.batch_defer(conn, ping, [{"message": n} for n in range(50)], queue="bulk")
+        ids = await defer.batch_defer(conn, ping, [{"message": n} for n in range(50)], queue="bulk")
     assert len(set(ids)) == 50
     cursor = await conn.execute(
         "SELECT id, args->>'message' AS message, queue_name, status,"
@@ -150,10 +151,10 @@ async def test_batch_defer_is_one_statement_in_the_transaction(conn: DictConnect
 async def test_a_taken_queueing_lock_in_a_batch_enqueues_none_of_it(
     conn: DictConnection,
 ) -> None:
-    await queue.defer(conn, ping, {}, queueing_lock="invoice-7")
+    await defer.defer(conn, ping, {}, queueing_lock="invoice-7")
     await conn.commit()
     with pytest.raises(AlreadyQueued, match="invoice-7"):
-        await queue.batch_defer(
+        await defer.batch_defer(
             conn, ping, [{"message": 1}, {"message": 2}], queueing_lock="invoice-7"
         )
     await conn.rollback()
@@ -163,9 +164,9 @@ async def test_a_taken_queueing_lock_in_a_batch_enqueues_none_of_it(
 def test_sync_defer_with_a_sync_connection(db_url: str) -> None:
     with psycopg.connect(db_url, row_factory=dict_row) as sync_conn:
         with sync_conn.transaction():
-            job_id = queue.defer_sync(sync_conn, ping, {"message": "from flask"}, priority=5)
+            job_id = defer.defer_sync(sync_conn, ping, {"message": "from flask"}, priority=5)
         with pytest.raises(RuntimeError), sync_conn.transaction():
-            queue.defer_sync(sync_conn, ping, {"message": "rolled back"})
+            defer.defer_sync(sync_conn, ping, {"message": "rolled back"})
             raise RuntimeError
         rows = sync_conn.execute("SELECT id, priority, args FROM procrastinate_jobs").fetchall()
     assert rows == [{"id": job_id, "priority": 5, "args": {"message": "from flask", "sleep": 0.0}}]
@@ -173,9 +174,9 @@ def test_sync_defer_with_a_sync_connection(db_url: str) -> None:
 
 def test_sync_defer_refuses_a_taken_queueing_lock(db_url: str) -> None:
     with psycopg.connect(db_url) as sync_conn:
-        queue.defer_sync(sync_conn, ping, {}, queueing_lock="payroll-2026-11")
+        defer.defer_sync(sync_conn, ping, {}, queueing_lock="payroll-2026-11")
         sync_conn.commit()
         with pytest.raises(AlreadyQueued, match="payroll-2026-11"):
-            queue.defer_sync(sync_conn, ping, {}, queueing_lock="payroll-2026-11")
+            defer.defer_sync(sync_conn, ping, {}, queueing_lock="payroll-2026-11")
         sync_conn.rollback()
         assert sync_conn.execute("SELECT count(*) FROM procrastinate_jobs").fetchone() == (1,)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 
-from backend.runner import bind_api_socket
+from backend.process.runner import bind_api_socket
 
 
 async def test_accepted_connections_send_without_delay() -> None:

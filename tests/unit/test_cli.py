@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from backend import cli
-from backend.jobs import JobState, JobStatus
+from backend.control.jobs import JobState, JobStatus
 from backend.tasks import all_tasks
 
 
@@ -252,7 +252,7 @@ def test_lower_cpu_priority_sets_a_floor_not_a_step() -> None:
     """A supervised worker process inherits its supervisor's niceness: it must not add more."""
     script = (
         "import os\n"
-        "from backend.supervisor import lower_cpu_priority\n"
+        "from backend.process.supervisor import lower_cpu_priority\n"
         "start = os.getpriority(os.PRIO_PROCESS, 0)\n"
         "lower_cpu_priority(0)\n"
         "unchanged = os.getpriority(os.PRIO_PROCESS, 0)\n"
@@ -270,7 +270,7 @@ def test_serving_processes_set_their_import_time_objects_aside_from_the_collecto
     module's objects, and the young generation is collected in larger passes."""
     script = (
         "import gc\n"
-        "from backend.runner import GC_YOUNG_THRESHOLD, tune_garbage_collector\n"
+        "from backend.process.runner import GC_YOUNG_THRESHOLD, tune_garbage_collector\n"
         "before = gc.get_freeze_count()\n"
         "tune_garbage_collector()\n"
         "print(before, gc.get_freeze_count(), gc.get_threshold()[0] == GC_YOUNG_THRESHOLD)\n"

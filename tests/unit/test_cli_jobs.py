@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
-import backend.migrate
-import backend.runner
+import backend.process.migrate
+import backend.process.runner
 from backend import cli
-from backend.jobs import JobPage, JobSummary, JobView
+from backend.control.jobs import JobPage, JobSummary, JobView
 from backend.runtime.progress import Progress
 from backend.settings import load_settings
 
@@ -196,9 +196,9 @@ def fake_services(monkeypatch: pytest.MonkeyPatch) -> None:
         on_ready()
 
     monkeypatch.setattr(cli, "database_url", fake_database_url)
-    monkeypatch.setattr(backend.runner, "bind_api_socket", lambda host, port: None)
-    monkeypatch.setattr(backend.runner, "run_services", fake_run_services)
-    monkeypatch.setattr(backend.migrate, "upgrade", lambda url: None)
+    monkeypatch.setattr(backend.process.runner, "bind_api_socket", lambda host, port: None)
+    monkeypatch.setattr(backend.process.runner, "run_services", fake_run_services)
+    monkeypatch.setattr(backend.process.migrate, "upgrade", lambda url: None)
 
 
 @pytest.mark.usefixtures("fake_services")

@@ -180,7 +180,8 @@ def test_log_records_of_the_child_are_emitted_once_by_the_worker(tmp_path: Path)
     assert (info.levelname, info.process, getattr(info, "job_id", None)) == ("INFO", child_pid, 7)
     assert not hasattr(info, "obj"), "attributes that are not JSON stay behind"
     assert error.levelno == logging.ERROR
-    assert error.exc_text is not None and "ValueError: bad row" in error.exc_text
+    assert error.exc_text is not None
+    assert "ValueError: bad row" in error.exc_text
     lines = written.read_text().splitlines()
     assert lines[:2] == ["hello from the child", "import failed"]
     assert "ValueError: bad row" in written.read_text()

@@ -7,8 +7,8 @@ import datetime
 import pytest
 from procrastinate.jobs import Job
 
-from backend.policy import Priority, RateLimit, Retry, parse_rate_limits
-from backend.registry import TaskBlueprint
+from backend.declare.policy import Priority, RateLimit, Retry, parse_rate_limits
+from backend.declare.registry import TaskBlueprint
 
 
 def job(attempts: int) -> Job:

@@ -7,9 +7,9 @@ import datetime
 import pytest
 from pydantic import BaseModel, Field
 
+from backend.declare.registry import TaskBlueprint, TaskDefinition
+from backend.defer import get_task, make_job
 from backend.errors import InvalidJobArguments, UnknownTask
-from backend.queue import get_task, make_job
-from backend.registry import TaskBlueprint, TaskDefinition
 from backend.tasks import all_tasks
 from backend.tasks.builtin import PingArgs
 

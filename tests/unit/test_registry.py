@@ -12,8 +12,8 @@ from procrastinate.jobs import Job
 from procrastinate.testing import InMemoryConnector
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from backend.declare.registry import NoArgs, TaskBlueprint, TaskDefinition
 from backend.errors import InvalidJobArguments
-from backend.registry import NoArgs, TaskBlueprint, TaskDefinition
 from backend.tasks import all_tasks
 
 

@@ -8,16 +8,16 @@ from collections.abc import Callable
 
 import pytest
 
-from backend.errors import SettingsError
-from backend.queue import build_task_app
-from backend.registry import NoArgs, PeriodicArgs, TaskBlueprint
-from backend.schedules import (
+from backend.declare.registry import NoArgs, PeriodicArgs, TaskBlueprint
+from backend.declare.schedules import (
     ZonedDeferrer,
     configured_schedules,
     next_tick,
     previous_tick,
     ticks,
 )
+from backend.defer import build_task_app
+from backend.errors import SettingsError
 from backend.settings import Settings, load_settings
 
 BERLIN = zoneinfo.ZoneInfo("Europe/Berlin")

@@ -15,10 +15,11 @@ import psutil
 import pytest
 from pydantic import SecretStr
 
-from backend import cli, supervisor
+from backend import cli
 from backend.errors import SettingsError
+from backend.process import supervisor
+from backend.process.supervisor import WorkerProcessesFailing, WorkerSupervisor
 from backend.settings import load_settings
-from backend.supervisor import WorkerProcessesFailing, WorkerSupervisor
 
 URL = "postgresql://app@db.example:5432/shop"
 # A stand-in worker process: stops on SIGTERM/SIGINT like a worker, without a database.
@@ -203,7 +204,7 @@ async def test_a_second_stop_kills_the_children(caplog: pytest.LogCaptureFixture
 
 
 async def test_a_killed_child_is_restarted(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="backend.supervisor")
+    caplog.set_level(logging.INFO, logger="backend.process.supervisor")
     workers = WorkerSupervisor(load_settings(), URL, 2, command=SLEEPER)
     running = asyncio.create_task(workers.run())
     try:
@@ -243,7 +244,7 @@ async def test_a_stop_during_the_backoff_restarts_nothing(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setattr(supervisor, "RESTART_DELAY", 30.0)
-    caplog.set_level(logging.INFO, logger="backend.supervisor")
+    caplog.set_level(logging.INFO, logger="backend.process.supervisor")
     workers = WorkerSupervisor(load_settings(), URL, 1, command=[sys.executable, "-c", ""])
     running = asyncio.create_task(workers.run())
     await wait_for(lambda: "restarting it in 10.0 s" in caplog.text, "an exit")

@@ -6,7 +6,6 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
 
-from backend import backups
 from backend.api.deps import Conn, Reader
 from backend.api.schemas import (
     UNAUTHENTICATED,
@@ -15,6 +14,7 @@ from backend.api.schemas import (
     ok_response,
     parameter_examples,
 )
+from backend.maintenance import backups
 
 router = APIRouter(tags=["backups"])
 

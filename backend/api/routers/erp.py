@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Path, Query, Response, status
 from pydantic import BaseModel, ConfigDict, Field
 
-from backend import erp, jobs, queue
+from backend import defer, erp
 from backend.api.deps import Conn, Operator, Reader
 from backend.api.schemas import (
     FORBIDDEN,
@@ -24,6 +24,7 @@ from backend.api.schemas import (
     ok_response,
     parameter_examples,
 )
+from backend.control import jobs
 from backend.errors import JobNotFound, TaskhubError
 from backend.tasks.erp import SYNC_TASKS, SyncArgs
 
@@ -231,7 +232,7 @@ async def start_sync(
             f"{waiting}); cancel it first to start another "
             f"(POST /jobs/{waiting}/cancel)"
         )
-    job_id = await queue.defer(conn, task, SyncArgs(force_full_sync=force_full_sync))
+    job_id = await defer.defer(conn, task, SyncArgs(force_full_sync=force_full_sync))
     response.headers["Location"] = f"/erp/task-status/{job_id}"
     full = "Full " + noun if force_full_sync else noun.capitalize()
     return SyncStarted(

@@ -9,7 +9,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Header, Path, Query, Request, Response, status
 
-from backend import jobs, queue
+from backend import defer
 from backend.api.deps import Conn, Operator, Pool, Reader, Watcher, connection
 from backend.api.schemas import (
     ABORTING_JOB,
@@ -32,10 +32,11 @@ from backend.api.schemas import (
     ok_response,
     parameter_examples,
 )
+from backend.control import jobs
+from backend.control.waiting import MAX_WAIT, wait_until_finished
 from backend.db import DictConnection
 from backend.errors import TaskhubError
 from backend.queries import QUERIES
-from backend.waiting import MAX_WAIT, wait_until_finished
 
 router = APIRouter(tags=["jobs"])
 
@@ -188,7 +189,7 @@ async def create_job(
     once. Options left out take the task's defaults (see `GET /tasks`). Needs the operate
     scope.
     """
-    task = queue.get_task(body.task)
+    task = defer.get_task(body.task)
     request_hash = _request_hash(body) if idempotency_key is not None else ""
     if idempotency_key is not None:
         replayed = await _replay(conn, caller.name, idempotency_key, request_hash)
@@ -196,7 +197,7 @@ async def create_job(
             response.status_code = status.HTTP_200_OK
             response.headers["Idempotent-Replayed"] = "true"
             return await jobs.get_job(conn, replayed)
-    job_id = await queue.defer(conn, task, body.args, **body.options())
+    job_id = await defer.defer(conn, task, body.args, **body.options())
     if idempotency_key is not None:
         await conn.execute(
             QUERIES["save_idempotency_key"],

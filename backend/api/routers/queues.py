@@ -6,7 +6,6 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path
 
-from backend import queues
 from backend.api.deps import Conn, Operator, Reader
 from backend.api.schemas import (
     FORBIDDEN,
@@ -16,7 +15,8 @@ from backend.api.schemas import (
     ok_response,
     parameter_examples,
 )
-from backend.queue import QUEUE_PATTERN
+from backend.control import queues
+from backend.defer import QUEUE_PATTERN
 
 router = APIRouter(tags=["queues"])
 

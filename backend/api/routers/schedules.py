@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from backend import schedules
 from backend.api.deps import Conn, Reader
 from backend.api.schemas import UNAUTHENTICATED, UNAVAILABLE, ok_response
+from backend.declare import schedules
 
 router = APIRouter(tags=["schedules"])
 

@@ -20,8 +20,8 @@ from procrastinate.retry import BaseRetryStrategy, RetryStrategy, RetryValue, ge
 from pydantic import BaseModel, ConfigDict, ValidationError
 from pydantic_core import PydanticSerializationError, to_jsonable_python
 
+from backend.declare.policy import RateLimit, Retry
 from backend.errors import InvalidJobArguments
-from backend.policy import RateLimit, Retry
 from backend.runtime.context import TaskContext, runtime_of
 from backend.runtime.isolation import run_in_child
 
@@ -236,9 +236,9 @@ class TaskBlueprint:
     ) -> Callable[[Callable[..., Any]], TaskDefinition[Any]]:
         """Declare a task. Its first parameter's annotation is the arguments model.
 
-        ``retry`` is a :class:`~backend.policy.Retry` (backoff, cap, jitter, exception
+        ``retry`` is a :class:`~backend.declare.policy.Retry` (backoff, cap, jitter, exception
         types), or what procrastinate takes: a number of attempts, True (forever), a
-        strategy. ``priority`` is any integer; :class:`~backend.policy.Priority` names
+        strategy. ``priority`` is any integer; :class:`~backend.declare.policy.Priority` names
         tiers. ``cron`` makes it periodic (one job per tick across all workers; its model
         must accept ``timestamp``, see :class:`PeriodicArgs`). ``on_failure(job)``, sync or
         async, runs once per final failure, as a job of its own (``taskhub.on_failure``),

@@ -26,10 +26,10 @@ from typing import Any, Literal, Protocol
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from pydantic import BaseModel, Field
 
-from backend import alerts
+from backend.control import alerts
 from backend.db import DictConnection
-from backend.embedded import BIN_DIR as EMBEDDED_BIN_DIR
 from backend.errors import TaskhubError
+from backend.process.embedded import BIN_DIR as EMBEDDED_BIN_DIR
 from backend.queries import QUERIES
 from backend.settings import Settings
 

@@ -1,7 +1,7 @@
 """Run the API and/or the workers in one event loop, and stop them cleanly on SIGINT/SIGTERM.
 
 One worker process runs in this event loop; several run as children of a
-:class:`~backend.supervisor.WorkerSupervisor` this loop drives.
+:class:`~backend.process.supervisor.WorkerSupervisor` this loop drives.
 """
 
 from __future__ import annotations
@@ -22,12 +22,12 @@ import uvicorn
 from procrastinate.exceptions import ConnectorException
 
 from backend.api import create_app
+from backend.defer import build_task_app
 from backend.errors import SettingsError, TaskhubError
-from backend.queue import build_task_app
+from backend.process.supervisor import WorkerSupervisor
 from backend.runtime.context import SETTINGS_KEY
 from backend.runtime.worker import TaskhubWorker
 from backend.settings import Settings
-from backend.supervisor import WorkerSupervisor
 
 logger = logging.getLogger(__name__)
 

@@ -31,11 +31,11 @@ from pydantic import (
     model_validator,
 )
 
+from backend.declare.registry import TaskBlueprint, TaskDefinition, describe_validation_error
+from backend.declare.schedules import configured_schedules
 from backend.errors import AlreadyQueued, UnknownTask
 from backend.queries import QUERIES
-from backend.registry import TaskBlueprint, TaskDefinition, describe_validation_error
 from backend.runtime.manager import TaskhubJobManager
-from backend.schedules import configured_schedules
 from backend.settings import Settings
 from backend.tasks import BLUEPRINTS, all_tasks
 

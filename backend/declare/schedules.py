@@ -26,9 +26,9 @@ from procrastinate.periodic import PeriodicDeferrer, PeriodicRegistry, PeriodicT
 from psycopg import AsyncConnection
 from pydantic import BaseModel, Field
 
+from backend.declare.registry import TaskBlueprint
 from backend.errors import SettingsError
 from backend.queries import QUERIES
-from backend.registry import TaskBlueprint
 from backend.settings import Settings
 from backend.tasks import BLUEPRINTS
 

@@ -18,8 +18,8 @@ from collections.abc import AsyncIterator, Callable
 import psycopg
 from psycopg.rows import dict_row
 
+from backend.control.jobs import FINISHED, JobView, get_job
 from backend.db import DictConnection
-from backend.jobs import FINISHED, JobView, get_job
 from backend.queries import QUERIES
 
 logger = logging.getLogger(__name__)

@@ -1,0 +1,1 @@
+"""Reading and controlling what runs: jobs, queues, long polls, alerts."""

@@ -1,0 +1,1 @@
+"""Services behind taskhub's own maintenance tasks."""

@@ -1,0 +1,1 @@
+"""Process management: `taskhub up`, the worker supervisor, the embedded server, migrations."""
