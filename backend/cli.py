@@ -22,10 +22,11 @@ from psycopg.rows import dict_row
 
 from backend import defer
 from backend.auth import parse_tokens
-from backend.control import jobs, queues
+from backend.control import jobs, queues, schedules
 from backend.control.waiting import JobWatcher, reuse, wait_until_finished
 from backend.db import DictConnection, check_database, database_url, describe_database
-from backend.declare import schedules
+from backend.declare.apps import LoadedApps, load_apps
+from backend.declare.schedules import configured_schedules
 from backend.defer import QUEUE_PATTERN
 from backend.errors import TaskhubError
 from backend.maintenance import backups
@@ -202,17 +203,18 @@ def schedules_table(rows: Sequence[schedules.ScheduleView]) -> str:
     return "\n".join(lines) if rows else "no schedules"
 
 
-def _schedules_command(settings: Settings) -> int:
+def _schedules_command(settings: Settings, apps: LoadedApps) -> int:
     """``taskhub schedules``: the table, in TASKHUB_TIMEZONE."""
 
     async def show(url: str) -> int:
         async with await _connect(url) as conn:
-            rows = await schedules.list_schedules(conn, settings)
+            rows = await schedules.list_schedules(conn, settings, blueprints=apps.blueprints)
         print(f"timezone {settings.timezone}")
         print(schedules_table(rows))
         return 0
 
-    schedules.configured_schedules(settings)  # a bad TASKHUB_SCHEDULES, before any connection
+    # A bad TASKHUB_SCHEDULES, before any connection.
+    configured_schedules(settings, apps.blueprints)
     return _on_database(settings, show)
 
 
@@ -385,7 +387,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     backups_cmd.add_argument("--limit", type=_positive, default=20, help="runs shown (20)")
     backups_cmd.add_argument("--json", action="store_true", help="JSON lines")
+    _add_app_option(parser)
     return parser
+
+
+def _add_app_option(parser: argparse.ArgumentParser) -> None:
+    """``--app MODULE`` on every command, repeatable, added to TASKHUB_APPS."""
+    subcommands = [
+        action for action in parser._actions if isinstance(action, argparse._SubParsersAction)
+    ]
+    if not subcommands:
+        parser.add_argument(
+            "--app",
+            dest="apps",
+            action="append",
+            default=argparse.SUPPRESS,
+            metavar="MODULE",
+            help="load this app (module or module:attribute) besides TASKHUB_APPS; repeatable",
+        )
+    for action in subcommands:
+        for subparser in dict.fromkeys(action.choices.values()):
+            _add_app_option(subparser)
 
 
 def _configure_logging(settings: Settings, process: str = "") -> None:
@@ -413,6 +435,8 @@ def _settings_for(args: argparse.Namespace) -> Settings:
         value = getattr(args, option, None)
         if value is not None:
             overrides[field] = value
+    if getattr(args, "apps", None):
+        overrides["apps"] = [*load_settings().apps, *args.apps]
     return load_settings(**overrides)
 
 
@@ -440,11 +464,12 @@ def _serve_demo(settings: Settings) -> None:
     from backend.standins.demo import demo_standins
 
     with demo_standins(settings) as (demo, lines):
-        _serve(demo, api=True, worker=True, migrate_first=True, demo_lines=lines)
+        _serve(demo, load_apps(demo), api=True, worker=True, migrate_first=True, demo_lines=lines)
 
 
 def _serve(
     settings: Settings,
+    apps: LoadedApps,
     *,
     api: bool,
     worker: bool,
@@ -464,7 +489,7 @@ def _serve(
     base = f"http://{settings.api_host}:{settings.api_port}"
     with database_url(settings) as url:
         if migrate_first:
-            migrate.upgrade(url)
+            migrate.upgrade(url, apps=apps.apps)
         elif worker:
             check_database(url)
         options = (
@@ -513,6 +538,7 @@ def _serve(
             run_services(
                 settings,
                 url,
+                apps,
                 api_socket=sock,
                 worker=options,
                 on_ready=ready,
@@ -523,26 +549,30 @@ def _serve(
         print("taskhub stopped", flush=True)
 
 
-def _worker_process(settings: Settings, args: argparse.Namespace) -> None:
+def _worker_process(settings: Settings, apps: LoadedApps, args: argparse.Namespace) -> None:
     """One worker process a ``taskhub worker/up --processes N`` supervisor started."""
     from backend.process.supervisor import stop_with_parent
 
     if args.supervisor_pid is not None:
         stop_with_parent(args.supervisor_pid)
-    _serve(settings, api=False, worker=True, migrate_first=False, quiet=True)
+    _serve(settings, apps, api=False, worker=True, migrate_first=False, quiet=True)
 
 
-def _migrate(settings: Settings, downgrade_to: str | None) -> None:
+def _migrate(settings: Settings, apps: LoadedApps, downgrade_to: str | None) -> None:
+    """taskhub's schema, then the schema of each enabled app that has migrations."""
+    with_schemas = [app.name for app in apps.apps if app.migrations is not None]
+    also = f" (and the schemas of {', '.join(with_schemas)})" if with_schemas else ""
     with database_url(settings) as url:
         if downgrade_to:
-            migrate.downgrade(url, downgrade_to)
-            print(f"downgraded {_where(settings, url)} to {downgrade_to}")
+            migrate.downgrade(url, downgrade_to, apps=apps.apps)
+            also = also if downgrade_to == "base" else ""
+            print(f"downgraded {_where(settings, url)} to {downgrade_to}{also}")
         else:
-            migrate.upgrade(url)
-            print(f"migrated {_where(settings, url)} to head")
+            migrate.upgrade(url, apps=apps.apps)
+            print(f"migrated {_where(settings, url)} to head{also}")
 
 
-def _defer(settings: Settings, args: argparse.Namespace) -> None:
+def _defer(settings: Settings, apps: LoadedApps, args: argparse.Namespace) -> None:
     # Validate everything before touching the database: bad input starts nothing.
     request = defer.DeferRequest.parse(
         {
@@ -555,7 +585,7 @@ def _defer(settings: Settings, args: argparse.Namespace) -> None:
             "queueing_lock": args.queueing_lock,
         }
     )
-    job = defer.make_job(defer.get_task(request.task), request.args, **request.options())
+    job = defer.make_job(apps.task(request.task), request.args, **request.options())
     with database_url(settings) as url:
         print(asyncio.run(_insert_and_read(url, job)).model_dump_json(indent=2))
 
@@ -833,26 +863,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = _settings_for(args)
         _configure_logging(settings, process)
-        if index is not None:
-            _worker_process(settings, args)
-        elif args.command == "up" and args.demo:
+        if args.command == "up" and args.demo:
             _serve_demo(settings)
+            return 0
+        apps = load_apps(settings)  # every app whole, or nothing starts
+        if index is not None:
+            _worker_process(settings, apps, args)
         elif args.command == "up":
-            _serve(settings, api=True, worker=True, migrate_first=True)
+            _serve(settings, apps, api=True, worker=True, migrate_first=True)
         elif args.command == "api":
-            _serve(settings, api=True, worker=False, migrate_first=False)
+            _serve(settings, apps, api=True, worker=False, migrate_first=False)
         elif args.command == "worker":
-            _serve(settings, api=False, worker=True, migrate_first=False)
+            _serve(settings, apps, api=False, worker=True, migrate_first=False)
         elif args.command == "migrate":
-            _migrate(settings, args.downgrade)
+            _migrate(settings, apps, args.downgrade)
         elif args.command == "defer":
-            _defer(settings, args)
+            _defer(settings, apps, args)
         elif args.command == "jobs":
             return _jobs(settings, args)
         elif args.command == "queues":
             return _queues_command(settings, args)
         elif args.command == "schedules":
-            return _schedules_command(settings)
+            return _schedules_command(settings, apps)
         elif args.command == "backups":
             return _backups_command(settings, args)
     except TaskhubError as exc:

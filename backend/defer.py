@@ -1,4 +1,4 @@
-"""The procrastinate app factory, and deferring jobs inside the caller's transaction.
+"""Deferring jobs inside the caller's transaction: a leaf (the declaration, one statement).
 
 ``defer`` runs one INSERT on the connection you pass (no pool, no BEGIN or COMMIT of its
 own), so the job commits or rolls back with your business rows; procrastinate's triggers
@@ -8,18 +8,16 @@ so a rolled-back job never wakes a worker.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import math
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any, LiteralString
 
-import procrastinate
 from procrastinate.jobs import Job
 from procrastinate.manager import QUEUEING_LOCK_CONSTRAINT
 from psycopg import AsyncConnection, Connection, errors
-from psycopg.rows import dict_row, tuple_row
+from psycopg.rows import tuple_row
 from psycopg.types.json import Jsonb
 from pydantic import (
     AwareDatetime,
@@ -31,13 +29,9 @@ from pydantic import (
     model_validator,
 )
 
-from backend.declare.registry import TaskBlueprint, TaskDefinition, describe_validation_error
-from backend.declare.schedules import configured_schedules
-from backend.errors import AlreadyQueued, UnknownTask
+from backend.declare.registry import TaskDefinition, describe_validation_error
+from backend.errors import AlreadyQueued
 from backend.queries import QUERIES
-from backend.runtime.manager import TaskhubJobManager
-from backend.settings import Settings
-from backend.tasks import BLUEPRINTS, all_tasks
 
 Args = Mapping[str, Any] | BaseModel
 
@@ -147,53 +141,6 @@ class DeferRequest(BaseModel):
             return cls.model_validate(data)
         except ValidationError as exc:
             raise describe_validation_error(exc, ()) from None
-
-
-def build_task_app(
-    url: str, settings: Settings, blueprints: Iterable[TaskBlueprint] = BLUEPRINTS
-) -> procrastinate.App:
-    """A procrastinate App with every declared task, on its own (unopened) pool."""
-    connector = procrastinate.PsycopgConnector(
-        conninfo=url,
-        min_size=settings.pool_min_size,
-        max_size=settings.pool_max_size,
-        kwargs={"row_factory": dict_row},  # tasks get dict rows from TaskContext.connection()
-    )
-    app = procrastinate.App(connector=connector)
-    app.job_manager = TaskhubJobManager(connector)  # fetches skip paused queues
-    overrides = settings.rate_limit_overrides()
-    periodic_tasks: dict[str, procrastinate.tasks.Task[Any, Any, Any]] = {}
-    for declared in (task for blueprint in blueprints for task in blueprint):
-        # An operator's TASKHUB_RATE_LIMITS entry replaces the declared limit.
-        definition = (
-            dataclasses.replace(declared, rate_limit=overrides[declared.name])
-            if declared.name in overrides
-            else declared
-        )
-        task = app.task(
-            name=definition.name,
-            queue=definition.queue,
-            priority=definition.priority,
-            retry=definition.retry or False,
-            lock=definition.lock,
-            queueing_lock=definition.queueing_lock,
-            pass_context=True,
-        )(definition.procrastinate_function())
-        periodic_tasks[definition.name] = task
-    for schedule in configured_schedules(settings, blueprints):
-        if schedule.cron:  # ticks computed in TASKHUB_TIMEZONE by the worker's ZonedDeferrer
-            app.periodic(cron=schedule.cron, periodic_id=schedule.task_name)(
-                periodic_tasks[schedule.task_name]
-            )
-    return app
-
-
-def get_task(name: str) -> TaskDefinition[Any]:
-    try:
-        return all_tasks()[name]
-    except KeyError:
-        known = ", ".join(sorted(all_tasks()))
-        raise UnknownTask(f"unknown task {name!r}; registered tasks: {known}") from None
 
 
 def _scheduled_at(

@@ -307,10 +307,11 @@ async def _one(conn: DictConnection, query: str, params: dict[str, Any]) -> dict
 
 async def _defer(conn: DictConnection, task_name: str, args: dict[str, Any], lock: str) -> int:
     """Defer on ``conn``: the job commits with the row, or neither does."""
-    # backend.defer imports every task module, ours included, which imports this module.
+    # The task module imports this module (to be untangled with the example's move).
     from backend import defer
+    from backend.tasks.scheduling import blueprint
 
-    return await defer.defer(conn, defer.get_task(task_name), args, lock=lock)
+    return await defer.defer(conn, blueprint.tasks[task_name], args, lock=lock)
 
 
 async def get_employee(conn: DictConnection, employee_id: int) -> EmployeeView:

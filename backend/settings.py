@@ -6,17 +6,25 @@ Every setting reads an environment variable with the ``TASKHUB_`` prefix, except
 
 from __future__ import annotations
 
+import json
 import os
 import zoneinfo
 from pathlib import Path
+from typing import Annotated
 from urllib.parse import urlsplit
 
 import psycopg.conninfo
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from backend.auth import ApiToken, generated_admin_token, parse_tokens
-from backend.declare.policy import RateLimit, parse_rate_limits, parse_schedules
+from backend.declare.policy import (
+    RateLimit,
+    TaskDefaults,
+    parse_rate_limits,
+    parse_schedules,
+    parse_task_defaults,
+)
 from backend.errors import SettingsError
 
 
@@ -82,6 +90,18 @@ class Settings(BaseSettings):
         description="Seconds without a heartbeat after which a worker's jobs are rescued.",
     )
     log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$")
+
+    apps: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Apps to load besides taskhub's own: importable modules, comma-separated "
+        "(module or module:attribute).",
+    )
+    task_defaults: str = Field(
+        default="",
+        description="Operators' task defaults per app, as JSON: "
+        '{"erp": {"time_limit": 1800}, "*": {"soft_time_limit": 1500}}; they replace the '
+        "app's defaults for tasks that set none of their own.",
+    )
 
     rate_limits: str = Field(
         default="",
@@ -200,6 +220,24 @@ class Settings(BaseSettings):
 
     def rate_limit_overrides(self) -> dict[str, RateLimit]:
         return parse_rate_limits(self.rate_limits)
+
+    @field_validator("task_defaults")
+    @classmethod
+    def _check_task_defaults(cls, value: str) -> str:
+        parse_task_defaults(value)
+        return value
+
+    def task_defaults_overrides(self) -> dict[str, TaskDefaults]:
+        return parse_task_defaults(self.task_defaults)
+
+    @field_validator("apps", mode="before")
+    @classmethod
+    def _split_apps(cls, value: object) -> object:
+        if isinstance(value, str) and value.strip().startswith("["):
+            return json.loads(value)  # as a parent passes it to its worker processes
+        if isinstance(value, str):
+            return [app.strip() for app in value.split(",") if app.strip()]
+        return value
 
     @field_validator("tokens")
     @classmethod

@@ -18,14 +18,16 @@ from collections.abc import Sequence
 
 import probe_tasks
 
-from backend.defer import build_task_app
+from backend.declare.apps import builtin_apps
 from backend.process.runner import WorkerOptions, run_worker
+from backend.runtime.app import build_task_app
 from backend.settings import Settings, load_settings
-from backend.tasks import BLUEPRINTS
 
 
 async def run_taskhub(url: str, settings: Settings) -> None:
-    app = build_task_app(url, settings, blueprints=(*BLUEPRINTS, probe_tasks.blueprint))
+    app = build_task_app(
+        url, settings, blueprints=(*builtin_apps().blueprints, probe_tasks.blueprint)
+    )
     options = WorkerOptions(queues=settings.worker_queues, concurrency=settings.worker_concurrency)
     await run_worker(app, settings, options)
 

@@ -373,8 +373,9 @@ class TaskhubSystem(ProcrastinateSchema):
 
     async def enqueue(self, conn: AsyncConnection[Any], jobs: int) -> None:
         from backend import defer
+        from backend.declare.apps import builtin_apps
 
-        task = defer.get_task(self.task_name)
+        task = builtin_apps().task(self.task_name)
         await defer.batch_defer(conn, task, [{"message": i} for i in range(jobs)])
 
 

@@ -1,16 +1,13 @@
-"""alembic environment: one connection, under an advisory lock so concurrent migrators wait."""
+"""alembic environment of taskhub's own schema (apps' schemas run without one: see
+backend/process/migrate.py)."""
 
 from __future__ import annotations
 
-import psycopg
-import sqlalchemy
 from alembic import context
 
 from backend.errors import SettingsError
+from backend.process.migrate import run_migrations_online
 from backend.settings import load_settings
-
-# Any constant works; it only has to be the same for every taskhub migrator.
-MIGRATION_LOCK_ID = 7_461_726_100
 
 
 def _database_url() -> str:
@@ -20,27 +17,8 @@ def _database_url() -> str:
     return str(url)
 
 
-def run_migrations_online() -> None:
-    url = _database_url()
-    engine = sqlalchemy.create_engine(
-        "postgresql+psycopg://", creator=lambda: psycopg.connect(url), poolclass=sqlalchemy.NullPool
-    )
-    with engine.connect() as connection:
-        connection.exec_driver_sql(f"SELECT pg_advisory_lock({MIGRATION_LOCK_ID})")
-        connection.commit()
-        try:
-            context.configure(connection=connection, transaction_per_migration=True)
-            with context.begin_transaction():
-                context.run_migrations()
-            connection.commit()
-        finally:
-            connection.exec_driver_sql(f"SELECT pg_advisory_unlock({MIGRATION_LOCK_ID})")
-            connection.commit()
-    engine.dispose()
-
-
 if context.is_offline_mode():
     raise SystemExit(
         "taskhub migrations run online only: set DATABASE_URL and run `taskhub migrate`"
     )
-run_migrations_online()
+run_migrations_online(_database_url())

@@ -4,14 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from alembic import op
+from backend.process import migrate
 
 SQL_DIR = Path(__file__).resolve().parent / "sql"
 
 
 def execute_sql_file(name: str) -> None:
     """Run a whole SQL file as written (no parameter parsing, so '%' stays as is)."""
-    text = (SQL_DIR / name).read_text(encoding="utf-8")
-    connection = op.get_bind().connection.dbapi_connection
-    assert connection is not None
-    connection.execute(text)
+    migrate.execute_sql_file(SQL_DIR / name)

@@ -22,9 +22,13 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from backend.db import DictConnection
+from backend.declare.apps import builtin_apps
 from backend.process import migrate
 from backend.process.embedded import embedded_server
 from backend.settings import Settings, load_settings
+
+#: taskhub's own task blueprints, as every process loads them.
+BLUEPRINTS = builtin_apps().blueprints
 
 RUN_ID = uuid.uuid4().hex[:8]
 

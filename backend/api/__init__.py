@@ -11,10 +11,11 @@ from fastapi import FastAPI
 from backend.api.errors import install_error_handlers
 from backend.api.middleware import BodySizeLimit
 from backend.api.openapi import TaskhubAPI
-from backend.api.routers import backups, erp, health, jobs, queues, schedules, scheduling, tasks
+from backend.api.routers import backups, health, jobs, queues, schedules, tasks
 from backend.api.schemas import MAX_BODY_BYTES
 from backend.control.waiting import JobWatcher
 from backend.db import create_pool
+from backend.declare.apps import LoadedApps, load_apps
 from backend.declare.schedules import configured_schedules
 from backend.errors import SettingsError
 from backend.settings import Settings, load_settings
@@ -35,16 +36,21 @@ TAGS: list[dict[str, Any]] = [
     {"name": "queues", "description": "Jobs per queue; pause and resume a queue."},
     {"name": "schedules", "description": "Periodic tasks: next tick, last run."},
     {"name": "backups", "description": "The database's own backups: runs, files, failures."},
-    {"name": "erp", "description": "The ERP sync example: start a sync, follow it, its runs."},
-    {"name": "scheduling", "description": "The schedule sync example: schedules, employees."},
     {"name": "health", "description": "Whether the API and its database can serve."},
 ]
 
 
-def create_app(settings: Settings | None = None, database_url: str | None = None) -> FastAPI:
-    """Build the API. The lifespan opens the pool without waiting, so /health can say 503."""
+def create_app(
+    settings: Settings | None = None,
+    database_url: str | None = None,
+    apps: LoadedApps | None = None,
+) -> FastAPI:
+    """Build the API: taskhub's routers and every app's. The lifespan opens the pool without
+    waiting, so /health can say 503."""
     settings = settings or load_settings()
-    configured_schedules(settings)  # refuse a bad TASKHUB_SCHEDULES at start, not per request
+    apps = apps or load_apps(settings)
+    # Refuse a bad TASKHUB_SCHEDULES at start, not per request.
+    configured_schedules(settings, apps.blueprints)
     url = database_url or settings.database_url
     if not url:
         raise SettingsError(
@@ -73,6 +79,7 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.apps = apps
     app.state.tokens = settings.api_tokens()
     app.add_middleware(BodySizeLimit, max_bytes=MAX_BODY_BYTES)
     install_error_handlers(app)
@@ -84,7 +91,6 @@ def create_app(settings: Settings | None = None, database_url: str | None = None
         queues.router,
         schedules.router,
         backups.router,
-        erp.router,
-        scheduling.router,
+        *apps.routers,
     )
     return app

@@ -13,6 +13,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from backend.auth import ApiToken, Scope, authenticate
 from backend.control.waiting import JobWatcher
 from backend.db import DictConnection
+from backend.declare.apps import LoadedApps
 from backend.errors import DatabaseUnavailable, TaskhubError
 
 
@@ -35,6 +36,14 @@ async def get_pool(request: Request) -> AsyncConnectionPool[DictConnection]:
 
 async def get_watcher(request: Request) -> JobWatcher:
     return cast(JobWatcher, request.app.state.watcher)
+
+
+async def get_apps(request: Request) -> LoadedApps:
+    """The apps this API serves: their tasks, and their settings as read at start."""
+    return cast(LoadedApps, request.app.state.apps)
+
+
+Apps = Annotated[LoadedApps, Depends(get_apps)]
 
 
 @contextlib.asynccontextmanager

@@ -9,14 +9,16 @@ The seeds' policies, one line each::
 from __future__ import annotations
 
 import datetime
+import json
 import random
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Any
+from typing import Any, Literal
 
 import croniter
 from procrastinate.jobs import Job
-from procrastinate.retry import BaseRetryStrategy, RetryDecision
+from procrastinate.retry import BaseRetryStrategy, RetryDecision, RetryValue, get_retry_strategy
+from pydantic import BaseModel, ValidationError
 
 
 class Priority(IntEnum):
@@ -147,3 +149,71 @@ def parse_schedules(value: str) -> dict[str, str | None]:
         cron = " ".join(cron.split())
         schedules[task.strip()] = None if cron.lower() == "off" else check_cron(cron)
     return schedules
+
+
+@dataclass(frozen=True, kw_only=True)
+class TaskDefaults:
+    """Queue, retry and limits: what a task declares, or what its app gives the tasks that
+    declare none. ``None`` leaves the choice to the next level (the task, the operator's
+    ``TASKHUB_TASK_DEFAULTS``, the app, taskhub); ``False`` says "none" (no retry, no limit)
+    even where a default sets one."""
+
+    queue: str | None = None
+    retry: RetryValue | None = None
+    rate_limit: str | RateLimit | Literal[False] | None = None
+    time_limit: float | Literal[False] | None = None
+    soft_time_limit: float | Literal[False] | None = None
+
+    def __post_init__(self) -> None:
+        if self.retry is not None and not isinstance(self.retry, BaseRetryStrategy):
+            object.__setattr__(self, "retry", get_retry_strategy(self.retry) or False)
+        if isinstance(self.rate_limit, str):
+            object.__setattr__(self, "rate_limit", RateLimit.parse(self.rate_limit))
+        for name in ("time_limit", "soft_time_limit"):
+            value = getattr(self, name)
+            if value is not None and value is not False and not value > 0:
+                raise ValueError(f"{name} must be a number of seconds above 0, or False")
+
+    def over(self, fallback: TaskDefaults) -> TaskDefaults:
+        """These values, with ``fallback``'s where these are unset."""
+        return TaskDefaults(
+            **{
+                name: fallback_value if (value := getattr(self, name)) is None else value
+                for name, fallback_value in vars(fallback).items()
+            }
+        )
+
+
+class TaskDefaultsEntry(BaseModel, extra="forbid"):
+    """One app's entry in ``TASKHUB_TASK_DEFAULTS`` (``retry``: a number of attempts)."""
+
+    queue: str | None = None
+    retry: int | bool | None = None
+    rate_limit: str | Literal[False] | None = None
+    time_limit: float | Literal[False] | None = None
+    soft_time_limit: float | Literal[False] | None = None
+
+
+def parse_task_defaults(value: str) -> dict[str, TaskDefaults]:
+    """``{"erp": {"time_limit": 1800}, "*": {"queue": "jobs"}}``: per app name, ``*`` for
+    every app. ValueError names the entry at fault."""
+    if not value.strip():
+        return {}
+    try:
+        raw = json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"is not JSON: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ValueError('must be a JSON object: {"app name or *": {"time_limit": 1800}}')
+    parsed: dict[str, TaskDefaults] = {}
+    for app, entry in raw.items():
+        try:
+            fields = TaskDefaultsEntry.model_validate(entry).model_dump(exclude_none=True)
+            parsed[app] = TaskDefaults(**fields)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(part) for part in first["loc"])
+            raise ValueError(f"{app}.{where}: {first['msg']}") from None
+        except ValueError as exc:
+            raise ValueError(f"{app}: {exc}") from None
+    return parsed

@@ -12,18 +12,15 @@ import inspect
 import typing
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
-import procrastinate
-from procrastinate import JobContext
-from procrastinate.retry import BaseRetryStrategy, RetryStrategy, RetryValue, get_retry_strategy
+from procrastinate.retry import BaseRetryStrategy, RetryStrategy, RetryValue
 from pydantic import BaseModel, ConfigDict, ValidationError
 from pydantic_core import PydanticSerializationError, to_jsonable_python
 
-from backend.declare.policy import RateLimit, Retry
+from backend.declare.policy import RateLimit, Retry, TaskDefaults
 from backend.errors import InvalidJobArguments
-from backend.runtime.context import TaskContext, runtime_of
-from backend.runtime.isolation import run_in_child
+from backend.runtime.context import TaskContext
 
 ArgsT = TypeVar("ArgsT", bound=BaseModel)
 JSONDict = dict[str, Any]
@@ -73,30 +70,75 @@ def describe_validation_error(
     return InvalidJobArguments(f"invalid job: {where}: {first['msg']}", errors)
 
 
+NO_DEFAULTS = TaskDefaults()
+
+
 @dataclass(frozen=True, kw_only=True)
 class TaskDefinition(Generic[ArgsT]):
-    """One task: its name, argument model, function and default policy."""
+    """One task: its name, argument model, function and declared policy.
+
+    Queue, retry and limits resolve when read: what the task declares, else its blueprint's
+    defaults (set when its app is loaded), else taskhub's (queue ``default``, no retry, no
+    limit). Application code holds this object and defers through it, so a default applied
+    at load reaches every defer.
+    """
 
     name: str
     func: Callable[..., Any]
     args_model: type[ArgsT]
     takes_args: bool = True
     takes_context: bool = False
-    queue: str = "default"
+    declared: TaskDefaults = NO_DEFAULTS
     priority: int = 0
-    retry: BaseRetryStrategy | None = None
     lock: str | None = None
     queueing_lock: str | None = None
     cron: str | None = None
     on_failure: Callable[..., Any] | None = None
-    rate_limit: RateLimit | None = None
-    time_limit: float | None = None
-    soft_time_limit: float | None = None
     description: str = ""
+    blueprint: TaskBlueprint | None = field(default=None, compare=False, repr=False)
+
+    def _resolved(self, name: str) -> Any:
+        value = getattr(self.declared, name)
+        if value is None and self.blueprint is not None:
+            value = getattr(self.blueprint.defaults, name)
+        return None if value is False else value
+
+    @property
+    def queue(self) -> str:
+        return self._resolved("queue") or "default"
+
+    @property
+    def retry(self) -> BaseRetryStrategy | None:
+        strategy: BaseRetryStrategy | None = self._resolved("retry")
+        return strategy
+
+    @property
+    def rate_limit(self) -> RateLimit | None:
+        limit: RateLimit | None = self._resolved("rate_limit")
+        return limit
+
+    @property
+    def time_limit(self) -> float | None:
+        limit: float | None = self._resolved("time_limit")
+        return limit
+
+    @property
+    def soft_time_limit(self) -> float | None:
+        limit: float | None = self._resolved("soft_time_limit")
+        return limit
 
     @property
     def is_async(self) -> bool:
         return inspect.iscoroutinefunction(self.func)
+
+    def check_limits(self) -> None:
+        """ValueError when the resolved soft limit does not come before the hard one."""
+        soft, hard = self.soft_time_limit, self.time_limit
+        if soft and hard and soft >= hard:
+            raise ValueError(
+                f"task {self.name!r}: soft_time_limit ({soft:g} s) must be below "
+                f"time_limit ({hard:g} s)"
+            )
 
     def validate_args(self, raw: Mapping[str, Any] | BaseModel) -> JSONDict:
         """Validate arguments against the model and return them as JSON data.
@@ -113,55 +155,6 @@ class TaskDefinition(Generic[ArgsT]):
                 raise describe_validation_error(exc, ("args",)) from None
         return model.model_dump(mode="json")
 
-    def procrastinate_function(self) -> Callable[..., Any]:
-        """The function procrastinate runs: validates the stored JSON, calls the task."""
-        func, model = self.func, self.args_model
-        takes_args, takes_context = self.takes_args, self.takes_context
-
-        def call_args(job_context: JobContext, kwargs: dict[str, Any]) -> tuple[Any, ...]:
-            parsed = model.model_validate(kwargs)
-            arguments: tuple[Any, ...] = (parsed,) if takes_args else ()
-            return (*arguments, TaskContext(job_context)) if takes_context else arguments
-
-        # procrastinate passes its JobContext first (the app sets pass_context=True).
-        time_limit = self.time_limit
-        if self.is_async:
-
-            async def run_async(job_context: JobContext, **kwargs: Any) -> Any:
-                return to_json(await func(*call_args(job_context, kwargs)))
-
-            runner: Callable[..., Any] = run_async
-        else:
-
-            def run_sync(job_context: JobContext, **kwargs: Any) -> Any:
-                def target() -> Any:
-                    return to_json(func(*call_args(job_context, kwargs)))
-
-                if time_limit is None:
-                    return target()
-                # A hard limit needs a process: a thread cannot be stopped.
-                runtime = runtime_of(job_context)
-                parent = runtime.reporter
-
-                def use_in_child(reporter: Any) -> None:
-                    runtime.reporter = reporter
-
-                return run_in_child(
-                    target,
-                    time_limit=time_limit,
-                    prepare=use_in_child,
-                    on_progress=parent.report if parent else lambda progress: None,
-                    should_abort=job_context.should_abort,
-                )
-
-            runner = run_sync
-        runner.taskhub_definition = self  # type: ignore[attr-defined]  # see definition_of
-        runner.__name__ = getattr(func, "__name__", self.name)
-        runner.__qualname__ = getattr(func, "__qualname__", self.name)
-        runner.__module__ = getattr(func, "__module__", __name__)
-        runner.__doc__ = func.__doc__
-        return runner
-
     def describe_retry(self) -> dict[str, Any] | None:
         if self.retry is None:
             return None
@@ -177,13 +170,6 @@ class TaskDefinition(Generic[ArgsT]):
             "retry_exceptions": sorted(exc.__name__ for exc in (self.retry.retry_exceptions or ()))
             or None,
         }
-
-
-def definition_of(app: procrastinate.App, task_name: str) -> TaskDefinition[Any] | None:
-    """The taskhub definition behind one of ``app``'s procrastinate tasks, if any."""
-    task = app.tasks.get(task_name)
-    definition = getattr(task.func, "taskhub_definition", None) if task else None
-    return definition if isinstance(definition, TaskDefinition) else None
 
 
 @dataclass(frozen=True)
@@ -213,47 +199,51 @@ def _inspect_task(func: Callable[..., Any]) -> _Signature:
     return _Signature(first, takes_args=True, takes_context=takes_context)
 
 
-@dataclass
+@dataclass(eq=False)
 class TaskBlueprint:
-    """A group of task definitions, declared at import time and bound to apps later."""
+    """A group of task definitions, declared at import time and bound to apps later.
+
+    ``defaults`` fill what a task leaves unset: its app's (and the operator's) defaults,
+    set when the app is loaded.
+    """
 
     tasks: dict[str, TaskDefinition[Any]] = field(default_factory=dict)
+    defaults: TaskDefaults = NO_DEFAULTS
 
     def task(
         self,
         *,
         name: str,
-        queue: str = "default",
+        queue: str | None = None,
         priority: int = 0,
-        retry: RetryValue = False,
+        retry: RetryValue | None = None,
         lock: str | None = None,
         queueing_lock: str | None = None,
         cron: str | None = None,
         on_failure: Callable[..., Any] | None = None,
-        rate_limit: str | RateLimit | None = None,
-        time_limit: float | None = None,
-        soft_time_limit: float | None = None,
+        rate_limit: str | RateLimit | Literal[False] | None = None,
+        time_limit: float | Literal[False] | None = None,
+        soft_time_limit: float | Literal[False] | None = None,
     ) -> Callable[[Callable[..., Any]], TaskDefinition[Any]]:
         """Declare a task. Its first parameter's annotation is the arguments model.
 
-        ``retry`` is a :class:`~backend.declare.policy.Retry` (backoff, cap, jitter, exception
-        types), or what procrastinate takes: a number of attempts, True (forever), a
-        strategy. ``priority`` is any integer; :class:`~backend.declare.policy.Priority` names
-        tiers. ``cron`` makes it periodic (one job per tick across all workers; its model
-        must accept ``timestamp``, see :class:`PeriodicArgs`). ``on_failure(job)``, sync or
-        async, runs once per final failure, as a job of its own (``taskhub.on_failure``),
+        ``retry`` is a :class:`~backend.declare.policy.Retry` (backoff, cap, jitter,
+        exception types), or what procrastinate takes: a number of attempts, True (forever),
+        a strategy. ``priority`` is any integer; :class:`~backend.declare.policy.Priority`
+        names tiers. ``cron`` makes it periodic (one job per tick across all workers; its
+        model must accept ``timestamp``, see :class:`PeriodicArgs`). ``on_failure(job)``, sync
+        or async, runs once per final failure, as a job of its own (``taskhub.on_failure``),
         with the failed job's ``JobView``. ``rate_limit="100/m"`` holds across all workers;
         a job over the limit waits without using up an attempt. ``soft_time_limit`` (seconds)
         makes ``ctx.should_abort()`` true and ``ctx.raise_if_aborted()`` raise
         ``SoftTimeLimitExceeded``; ``time_limit`` stops the task (sync ones run in a child
-        process for it) and fails the attempt with ``TimeLimitExceeded``.
+        process for it) and fails the attempt with ``TimeLimitExceeded``. Queue, retry and
+        limits left unset come from the app's defaults (:class:`TaskDefaults`).
         """
 
         def declare(func: Callable[..., Any]) -> TaskDefinition[Any]:
             if name in self.tasks:
                 raise ValueError(f"task {name!r} is declared twice")
-            if soft_time_limit and time_limit and soft_time_limit >= time_limit:
-                raise ValueError(f"task {name!r}: soft_time_limit must be below time_limit")
             signature = _inspect_task(func)
             if cron and "timestamp" not in signature.args_model.model_fields:
                 raise TypeError(f"periodic task {name!r}: its model needs a timestamp field")
@@ -263,20 +253,22 @@ class TaskBlueprint:
                 args_model=signature.args_model,
                 takes_args=signature.takes_args,
                 takes_context=signature.takes_context,
-                queue=queue,
+                declared=TaskDefaults(
+                    queue=queue,
+                    retry=retry,
+                    rate_limit=rate_limit,
+                    time_limit=time_limit,
+                    soft_time_limit=soft_time_limit,
+                ),
                 priority=priority,
-                retry=get_retry_strategy(retry),
                 lock=lock,
                 queueing_lock=queueing_lock,
                 cron=cron,
                 on_failure=on_failure,
-                rate_limit=RateLimit.parse(rate_limit)
-                if isinstance(rate_limit, str)
-                else rate_limit,
-                time_limit=time_limit,
-                soft_time_limit=soft_time_limit,
                 description=inspect.getdoc(func) or "",
+                blueprint=self,
             )
+            definition.check_limits()
             self.tasks[name] = definition
             return definition
 

@@ -22,10 +22,11 @@ import uvicorn
 from procrastinate.exceptions import ConnectorException
 
 from backend.api import create_app
-from backend.defer import build_task_app
+from backend.declare.apps import LoadedApps
 from backend.errors import SettingsError, TaskhubError
 from backend.process.supervisor import WorkerSupervisor
-from backend.runtime.context import SETTINGS_KEY
+from backend.runtime.app import build_task_app
+from backend.runtime.context import APP_SETTINGS_KEY, SETTINGS_KEY
 from backend.runtime.worker import TaskhubWorker
 from backend.settings import Settings
 
@@ -80,8 +81,14 @@ def _describe(error: BaseException) -> str:
     return repr(error)
 
 
-async def run_worker(app: procrastinate.App, settings: Settings, options: WorkerOptions) -> None:
-    """Run taskhub's worker on ``app`` until cancelled (then it stops gracefully)."""
+async def run_worker(
+    app: procrastinate.App,
+    settings: Settings,
+    options: WorkerOptions,
+    apps: LoadedApps | None = None,
+) -> None:
+    """Run taskhub's worker on ``app`` until cancelled (then it stops gracefully); tasks
+    get ``apps``' settings from ``ctx.settings_of``."""
     worker = TaskhubWorker(
         app=app,
         queues=options.queues or None,
@@ -92,7 +99,10 @@ async def run_worker(app: procrastinate.App, settings: Settings, options: Worker
         stalled_worker_timeout=settings.rescue_after,
         install_signal_handlers=False,
         listen_notify=True,
-        additional_context={SETTINGS_KEY: settings},
+        additional_context={
+            SETTINGS_KEY: settings,
+            APP_SETTINGS_KEY: dict(apps.settings) if apps else {},
+        },
     )
     # Sync tasks run in the loop's default thread pool (procrastinate's sync_to_async), which
     # holds min(32, cores + 4) threads: as many threads as slots, so none waits for one.
@@ -126,6 +136,7 @@ def tune_garbage_collector() -> None:
 async def run_services(
     settings: Settings,
     url: str,
+    apps: LoadedApps,
     *,
     api_socket: socket.socket | None,
     worker: WorkerOptions | None,
@@ -160,7 +171,7 @@ async def run_services(
     server: _Server | None = None
     if api_socket is not None:
         config = uvicorn.Config(
-            create_app(settings, url),
+            create_app(settings, url, apps),
             log_level=settings.log_level.lower(),
             access_log=settings.log_level == "DEBUG",
             lifespan="on",
@@ -169,13 +180,13 @@ async def run_services(
         services["api"] = asyncio.create_task(server.serve(sockets=[api_socket]), name="api")
     if worker is not None and worker.processes > 1:
         # A setting the children would refuse (e.g. TASKHUB_SCHEDULES) fails here, once.
-        build_task_app(url, settings)
+        build_task_app(url, settings, apps.blueprints)
         supervisor = WorkerSupervisor(settings, url, worker.processes)
         services["workers"] = asyncio.create_task(supervisor.run(), name="workers")
     elif worker is not None:
-        task_app = build_task_app(url, settings)
+        task_app = build_task_app(url, settings, apps.blueprints)
         services["worker"] = asyncio.create_task(
-            run_worker(task_app, settings, worker), name="worker"
+            run_worker(task_app, settings, worker, apps), name="worker"
         )
 
     stop_waiter = asyncio.create_task(stop.wait(), name="signal")

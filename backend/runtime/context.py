@@ -16,11 +16,12 @@ import contextlib
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Protocol, cast
+from typing import Protocol, TypeVar, cast
 
 from procrastinate import App, JobContext, PsycopgConnector
 from procrastinate.exceptions import JobAborted
 from psycopg_pool import AsyncConnectionPool
+from pydantic_settings import BaseSettings
 
 from backend.db import DictConnection
 from backend.runtime.isolation import SoftTimeLimitExceeded
@@ -29,6 +30,8 @@ from backend.settings import Settings, load_settings
 
 RUNTIME_KEY = "taskhub.runtime"
 SETTINGS_KEY = "taskhub.settings"
+APP_SETTINGS_KEY = "taskhub.app_settings"  # {settings class: instance read at start}
+SettingsT = TypeVar("SettingsT", bound=BaseSettings)
 
 
 class Reporter(Protocol):
@@ -92,6 +95,13 @@ class TaskContext:
         """The worker's settings."""
         settings = self._job_context.additional_context.get(SETTINGS_KEY)
         return settings if isinstance(settings, Settings) else load_settings()
+
+    def settings_of(self, kind: type[SettingsT]) -> SettingsT:
+        """An app's settings (the class it declares in ``TaskhubApp.settings``), as the
+        worker read and validated them at start."""
+        loaded = self._job_context.additional_context.get(APP_SETTINGS_KEY) or {}
+        found = loaded.get(kind)
+        return found if isinstance(found, kind) else kind()
 
     @contextlib.asynccontextmanager
     async def connection(self) -> AsyncIterator[DictConnection]:

@@ -38,9 +38,8 @@ from procrastinate.job_context import AbortReason, JobResult
 from procrastinate.worker import Worker
 from psycopg.types.json import Jsonb
 
-from backend.declare.registry import definition_of
-from backend.declare.schedules import ZonedDeferrer
 from backend.queries import QUERIES
+from backend.runtime.app import definition_of
 from backend.runtime.connection import DedicatedConnection
 from backend.runtime.context import SETTINGS_KEY, JobRuntime, runtime_of
 from backend.runtime.finisher import (
@@ -51,6 +50,7 @@ from backend.runtime.finisher import (
 )
 from backend.runtime.isolation import ChildTaskError, TimeLimitExceeded
 from backend.runtime.manager import TaskhubJobManager
+from backend.runtime.periodic import ZonedDeferrer
 from backend.runtime.progress import Progress, ProgressReporter
 
 logger = logging.getLogger(__name__)

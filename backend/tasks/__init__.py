@@ -1,20 +1,12 @@
-"""Task modules. Each declares its tasks on a blueprint; ``BLUEPRINTS`` lists them all."""
+"""taskhub's own tasks, loaded in every process as the app named ``taskhub``."""
 
 from __future__ import annotations
 
-from backend.declare.registry import TaskBlueprint, TaskDefinition
-from backend.tasks import backups, builtin, erp, hooks, maintenance, scheduling
+from backend.declare.apps import TaskhubApp
+from backend.tasks import backups, builtin, hooks, maintenance
 
-BLUEPRINTS: tuple[TaskBlueprint, ...] = (
-    builtin.blueprint,
-    hooks.blueprint,
-    maintenance.blueprint,
-    backups.blueprint,
-    erp.blueprint,
-    scheduling.blueprint,
+app = TaskhubApp(
+    name="taskhub",
+    blueprints=(builtin.blueprint, hooks.blueprint, maintenance.blueprint, backups.blueprint),
+    description="Built-in tasks: ping, failure hooks, pruning and rescue, backups.",
 )
-
-
-def all_tasks() -> dict[str, TaskDefinition]:  # type: ignore[type-arg]
-    """Every declared task by name."""
-    return {task.name: task for blueprint in BLUEPRINTS for task in blueprint}

@@ -13,7 +13,8 @@ from pydantic import BaseModel
 
 from backend.control.jobs import get_job
 from backend.declare.policy import Retry
-from backend.declare.registry import TaskBlueprint, definition_of
+from backend.declare.registry import TaskBlueprint
+from backend.runtime.app import definition_of
 from backend.runtime.context import TaskContext
 
 blueprint = TaskBlueprint()

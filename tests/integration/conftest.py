@@ -13,11 +13,10 @@ from fastapi import FastAPI
 
 from backend.api import create_app
 from backend.declare.registry import TaskBlueprint
-from backend.defer import build_task_app
 from backend.process.runner import WorkerOptions, run_worker
+from backend.runtime.app import build_task_app
 from backend.settings import Settings
-from backend.tasks import BLUEPRINTS
-from tests.conftest import OPERATE_TOKEN, bearer, eventually
+from tests.conftest import BLUEPRINTS, OPERATE_TOKEN, bearer, eventually
 
 
 @contextlib.asynccontextmanager

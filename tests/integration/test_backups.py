@@ -21,17 +21,17 @@ from psycopg.rows import dict_row
 from backend import defer
 from backend.control import alerts, jobs
 from backend.db import DictConnection
-from backend.defer import build_task_app
 from backend.errors import AlreadyQueued
 from backend.maintenance import backups
 from backend.process import migrate
 from backend.process.embedded import BIN_DIR as EMBEDDED_BIN_DIR
 from backend.process.embedded import embedded_server
 from backend.queries import QUERIES
+from backend.runtime.app import build_task_app
 from backend.settings import Settings, load_settings
 from backend.tasks.backups import backup_database
 from backend.tasks.builtin import ping
-from tests.conftest import TOKENS, create_database, drop_database, eventually
+from tests.conftest import BLUEPRINTS, TOKENS, create_database, drop_database, eventually
 from tests.integration.conftest import running_worker
 
 DAY = datetime.timedelta(days=1)
@@ -472,7 +472,7 @@ async def test_an_interrupted_run_is_closed_by_the_next_one(
 async def test_one_backup_per_tick_however_many_workers_defer_it(
     conn: DictConnection, settings: Settings, db_url: str
 ) -> None:
-    apps = [build_task_app(db_url, settings) for _ in range(3)]
+    apps = [build_task_app(db_url, settings, BLUEPRINTS) for _ in range(3)]
     async with contextlib.AsyncExitStack() as stack:
         for app in apps:
             await stack.enter_async_context(app.open_async())

@@ -24,8 +24,8 @@ from pydantic import BaseModel
 from backend import defer
 from backend.db import DictConnection
 from backend.declare.registry import TaskBlueprint
-from backend.defer import build_task_app
 from backend.queries import QUERIES
+from backend.runtime.app import build_task_app
 from backend.runtime.connection import DedicatedConnection
 from backend.runtime.context import SETTINGS_KEY
 from backend.runtime.finisher import FINISH_CONNECTION_SETTINGS as FINISH_SETTINGS
@@ -33,8 +33,7 @@ from backend.runtime.finisher import FinishBatcher, finish_entry
 from backend.runtime.manager import TaskhubJobManager
 from backend.runtime.worker import TaskhubWorker
 from backend.settings import Settings
-from backend.tasks import BLUEPRINTS
-from tests.conftest import eventually
+from tests.conftest import BLUEPRINTS, eventually
 from tests.integration.conftest import running_worker
 
 blueprint = TaskBlueprint()
@@ -266,7 +265,7 @@ async def test_a_fetch_takes_at_most_the_free_slots_in_priority_order(
     ids = [
         await defer_one(conn, "tests.record", {"token": str(n)}, priority=n % 3) for n in range(10)
     ]
-    manager = TaskhubJobManager(build_task_app(db_url, settings).connector)
+    manager = TaskhubJobManager(build_task_app(db_url, settings, BLUEPRINTS).connector)
     fetch = DedicatedConnection(db_url, {"row_factory": dict_row})
     try:
         cursor = await conn.execute("SELECT procrastinate_register_worker_v1() AS id")
@@ -333,7 +332,7 @@ async def test_draining_the_finisher_lets_the_last_batch_wake_its_waiters(
         (job_id,),
     )
     await conn.commit()
-    manager = TaskhubJobManager(build_task_app(db_url, settings).connector)
+    manager = TaskhubJobManager(build_task_app(db_url, settings, BLUEPRINTS).connector)
     fetch = DedicatedConnection(db_url, {"row_factory": dict_row})
     finish = DedicatedConnection(db_url, {"row_factory": dict_row}, settings=FINISH_SETTINGS)
     listener = await psycopg.AsyncConnection.connect(db_url, autocommit=True)

@@ -25,10 +25,9 @@ from backend.queries import QUERIES
 from backend.settings import Settings, load_settings
 from backend.standins.erp import ErpStandin, demo_app
 from backend.standins.server import serving
-from backend.tasks import BLUEPRINTS
 from backend.tasks.builtin import ping
 from backend.tasks.erp import RETRY, sync_assets
-from tests.conftest import READ_TOKEN, TOKENS, bearer, count_jobs, eventually
+from tests.conftest import BLUEPRINTS, READ_TOKEN, TOKENS, bearer, count_jobs, eventually
 from tests.integration.conftest import running_api, running_worker
 
 ERP_TOKEN = "erp-standin-token-0123456789"

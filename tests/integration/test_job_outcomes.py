@@ -28,8 +28,7 @@ from backend.runtime.finisher import FINISH_CONNECTION_SETTINGS
 from backend.runtime.isolation import SoftTimeLimitExceeded
 from backend.runtime.worker import FINISH_DELAY
 from backend.settings import Settings
-from backend.tasks import BLUEPRINTS
-from tests.conftest import eventually
+from tests.conftest import BLUEPRINTS, eventually
 from tests.integration.conftest import running_worker
 
 blueprint = TaskBlueprint()

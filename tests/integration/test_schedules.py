@@ -13,10 +13,11 @@ import zoneinfo
 from collections.abc import AsyncIterator
 
 from backend.api import create_app
+from backend.control.schedules import list_schedules
 from backend.db import DictConnection
 from backend.declare.registry import PeriodicArgs, TaskBlueprint
-from backend.declare.schedules import ZonedDeferrer, list_schedules
-from backend.defer import build_task_app
+from backend.runtime.app import build_task_app
+from backend.runtime.periodic import ZonedDeferrer
 from backend.settings import Settings
 from tests.conftest import READ_TOKEN, eventually
 from tests.integration.conftest import running_api, running_worker

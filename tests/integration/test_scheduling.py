@@ -25,9 +25,9 @@ from pydantic import SecretStr
 from backend import scheduling
 from backend.api import create_app
 from backend.db import DictConnection
-from backend.declare.schedules import ZonedDeferrer
-from backend.defer import build_task_app
+from backend.runtime.app import build_task_app
 from backend.runtime.isolation import SoftTimeLimitExceeded
+from backend.runtime.periodic import ZonedDeferrer
 from backend.settings import Settings
 from backend.standins.scheduling import Fault, SchedulingStandin
 from backend.standins.server import serving

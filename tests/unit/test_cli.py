@@ -13,7 +13,7 @@ import pytest
 
 from backend import cli
 from backend.control.jobs import JobState, JobStatus
-from backend.tasks import all_tasks
+from backend.declare.apps import builtin_apps
 
 
 def refuse_database(*args: Any, **kwargs: Any) -> Iterator[str]:
@@ -119,7 +119,7 @@ def test_defer_of_an_unknown_task(workdir: Path, capsys: pytest.CaptureFixture[s
 
     out, err = capsys.readouterr()
     assert out == ""
-    known = ", ".join(sorted(all_tasks()))
+    known = ", ".join(sorted(builtin_apps().tasks))
     assert err == f"taskhub: error: unknown task 'nope'; registered tasks: {known}\n"
     assert "taskhub.ping" in known
     assert_nothing_started(workdir)

@@ -16,6 +16,7 @@ import backend.process.migrate
 import backend.process.runner
 from backend import cli
 from backend.control.jobs import JobPage, JobSummary, JobView
+from backend.declare.apps import builtin_apps
 from backend.runtime.progress import Progress
 from backend.settings import load_settings
 
@@ -198,7 +199,7 @@ def fake_services(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(cli, "database_url", fake_database_url)
     monkeypatch.setattr(backend.process.runner, "bind_api_socket", lambda host, port: None)
     monkeypatch.setattr(backend.process.runner, "run_services", fake_run_services)
-    monkeypatch.setattr(backend.process.migrate, "upgrade", lambda url: None)
+    monkeypatch.setattr(backend.process.migrate, "upgrade", lambda url, apps=(): None)
 
 
 @pytest.mark.usefixtures("fake_services")
@@ -208,7 +209,7 @@ def test_banner_prints_the_generated_admin_token(
     monkeypatch.chdir(tmp_path)
     settings = load_settings(database_url="postgresql://taskhub@db.example/taskhub")
 
-    cli._serve(settings, api=True, worker=False, migrate_first=False)
+    cli._serve(settings, builtin_apps(), api=True, worker=False, migrate_first=False)
 
     token = (tmp_path / ".taskhub" / "admin-token").read_text().strip()
     assert token == settings.api_tokens()[0].secret
@@ -230,7 +231,7 @@ def test_banner_with_configured_tokens_prints_none(
         tokens=f"ops=operate:{secret}",
     )
 
-    cli._serve(settings, api=True, worker=False, migrate_first=False)
+    cli._serve(settings, builtin_apps(), api=True, worker=False, migrate_first=False)
 
     output = capsys.readouterr().out
     assert "  tokens:   from TASKHUB_TOKENS\n" in output
@@ -246,7 +247,7 @@ def test_up_without_api_generates_no_token(
     settings = load_settings(
         database_url="postgresql://taskhub@db.example/taskhub", data_dir=tmp_path / ".taskhub"
     )
-    cli._serve(settings, api=False, worker=True, migrate_first=True)
+    cli._serve(settings, builtin_apps(), api=False, worker=True, migrate_first=True)
 
     output = capsys.readouterr().out
     assert "taskhub is up" in output

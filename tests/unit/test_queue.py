@@ -7,10 +7,10 @@ import datetime
 import pytest
 from pydantic import BaseModel, Field
 
+from backend.declare.apps import builtin_apps
 from backend.declare.registry import TaskBlueprint, TaskDefinition
-from backend.defer import get_task, make_job
+from backend.defer import make_job
 from backend.errors import InvalidJobArguments, UnknownTask
-from backend.tasks import all_tasks
 from backend.tasks.builtin import PingArgs
 
 
@@ -64,7 +64,7 @@ def test_make_job_options_override_the_defaults() -> None:
 
 
 def test_make_job_with_a_task_without_policy() -> None:
-    ping = get_task("taskhub.ping")
+    ping = builtin_apps().task("taskhub.ping")
 
     job = make_job(ping, PingArgs(message={"nested": [1, 2]}))
 
@@ -118,24 +118,24 @@ def test_a_naive_schedule_at_raises() -> None:
 
 
 def test_get_task_finds_registered_tasks() -> None:
-    ping = get_task("taskhub.ping")
+    ping = builtin_apps().task("taskhub.ping")
 
     assert isinstance(ping, TaskDefinition)
     assert ping.name == "taskhub.ping"
     assert ping.args_model is PingArgs
-    assert ping is all_tasks()["taskhub.ping"]
+    assert ping is builtin_apps().tasks["taskhub.ping"]
 
 
 def test_get_task_of_an_unknown_name_lists_the_registered_tasks() -> None:
     with pytest.raises(UnknownTask) as caught:
-        get_task("nope")
+        builtin_apps().task("nope")
 
     assert caught.value.status_code == 404
-    registered = ", ".join(sorted(all_tasks()))
+    registered = ", ".join(sorted(builtin_apps().tasks))
     assert "taskhub.ping" in registered
     assert caught.value.message == f"unknown task 'nope'; registered tasks: {registered}"
 
 
 def test_tasks_of_other_blueprints_are_not_registered() -> None:
     with pytest.raises(UnknownTask):
-        get_task("tests.send_email")
+        builtin_apps().task("tests.send_email")

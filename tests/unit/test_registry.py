@@ -12,9 +12,10 @@ from procrastinate.jobs import Job
 from procrastinate.testing import InMemoryConnector
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from backend.declare.apps import builtin_apps
 from backend.declare.registry import NoArgs, TaskBlueprint, TaskDefinition
 from backend.errors import InvalidJobArguments
-from backend.tasks import all_tasks
+from backend.runtime.app import procrastinate_function
 
 
 def job_context() -> JobContext:
@@ -112,7 +113,7 @@ def test_a_task_without_parameters_can_run(blueprint: TaskBlueprint) -> None:
     def tick() -> str:
         return "tock"
 
-    assert tick.procrastinate_function()(job_context()) == "tock"
+    assert procrastinate_function(tick)(job_context()) == "tock"
 
 
 def test_declaring_the_same_name_twice_raises(blueprint: TaskBlueprint) -> None:
@@ -132,8 +133,8 @@ def test_the_same_name_on_two_blueprints_is_independent() -> None:
 def test_test_blueprints_do_not_leak_into_the_registered_tasks(blueprint: TaskBlueprint) -> None:
     declare_report(blueprint)
 
-    assert "tests.report" not in all_tasks()
-    assert "taskhub.ping" in all_tasks()
+    assert "tests.report" not in builtin_apps().tasks
+    assert "taskhub.ping" in builtin_apps().tasks
 
 
 def test_validate_args_returns_json_with_defaults(blueprint: TaskBlueprint) -> None:
@@ -204,7 +205,7 @@ async def test_procrastinate_function_of_an_async_task(blueprint: TaskBlueprint)
         received.append(args)
         return Report(account=args.account, day=args.day, total=12.5)
 
-    function = build.procrastinate_function()
+    function = procrastinate_function(build)
 
     assert build.is_async
     assert inspect.iscoroutinefunction(function)
@@ -220,7 +221,7 @@ def test_procrastinate_function_of_a_sync_task(blueprint: TaskBlueprint) -> None
     def build(args: ReportArgs) -> Report:
         return Report(account=args.account, day=args.day, total=args.sleep)
 
-    function = build.procrastinate_function()
+    function = procrastinate_function(build)
 
     assert not build.is_async
     assert not inspect.iscoroutinefunction(function)
@@ -237,7 +238,7 @@ def test_plain_return_values_pass_through(blueprint: TaskBlueprint) -> None:
     def plain(args: ReportArgs) -> dict[str, Any]:
         return {"account": args.account, "tags": args.tags}
 
-    assert plain.procrastinate_function()(job_context(), account="a", tags=["x"]) == {
+    assert procrastinate_function(plain)(job_context(), account="a", tags=["x"]) == {
         "account": "a",
         "tags": ["x"],
     }
@@ -250,7 +251,7 @@ def test_procrastinate_function_validates_the_stored_kwargs(blueprint: TaskBluep
     def strict(args: ReportArgs) -> None:
         calls.append(args)
 
-    function = strict.procrastinate_function()
+    function = procrastinate_function(strict)
 
     with pytest.raises(ValidationError):
         function(job_context(), account="acme", sleep=-5)
@@ -269,7 +270,7 @@ async def test_async_procrastinate_function_validates_the_stored_kwargs(
         calls.append(args)
 
     with pytest.raises(ValidationError):
-        await strict.procrastinate_function()(job_context(), account="acme", unknown=1)
+        await procrastinate_function(strict)(job_context(), account="acme", unknown=1)
     assert calls == []
 
 

@@ -10,14 +10,14 @@ import pytest
 
 from backend.declare.registry import NoArgs, PeriodicArgs, TaskBlueprint
 from backend.declare.schedules import (
-    ZonedDeferrer,
     configured_schedules,
     next_tick,
     previous_tick,
     ticks,
 )
-from backend.defer import build_task_app
 from backend.errors import SettingsError
+from backend.runtime.app import build_task_app
+from backend.runtime.periodic import ZonedDeferrer
 from backend.settings import Settings, load_settings
 
 BERLIN = zoneinfo.ZoneInfo("Europe/Berlin")

@@ -10,7 +10,7 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Header, Path, Query, Request, Response, status
 
 from backend import defer
-from backend.api.deps import Conn, Operator, Pool, Reader, Watcher, connection
+from backend.api.deps import Apps, Conn, Operator, Pool, Reader, Watcher, connection
 from backend.api.schemas import (
     ABORTING_JOB,
     CANCELLED_JOB,
@@ -181,6 +181,7 @@ async def create_job(
     conn: Conn,
     response: Response,
     caller: Operator,
+    apps: Apps,
     idempotency_key: IdempotencyKey = None,
 ) -> jobs.JobView:
     """Validate the arguments against the task's model and enqueue one job.
@@ -189,7 +190,7 @@ async def create_job(
     once. Options left out take the task's defaults (see `GET /tasks`). Needs the operate
     scope.
     """
-    task = defer.get_task(body.task)
+    task = apps.task(body.task)
     request_hash = _request_hash(body) if idempotency_key is not None else ""
     if idempotency_key is not None:
         replayed = await _replay(conn, caller.name, idempotency_key, request_hash)

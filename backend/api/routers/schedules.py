@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from backend.api.deps import Conn, Reader
+from backend.api.deps import Apps, Conn, Reader
 from backend.api.schemas import UNAUTHENTICATED, UNAVAILABLE, ok_response
-from backend.declare import schedules
+from backend.control import schedules
 
 router = APIRouter(tags=["schedules"])
 
@@ -39,9 +39,11 @@ BACKUP = {
     },
 )
 async def list_schedules(
-    request: Request, conn: Conn, caller: Reader
+    request: Request, conn: Conn, caller: Reader, apps: Apps
 ) -> list[schedules.ScheduleView]:
     """Every periodic task, built-in maintenance included: its cron and timezone
     (`TASKHUB_TIMEZONE`), the next tick, and the job of the latest tick with its status.
     Schedules turned off in `TASKHUB_SCHEDULES` are listed with `enabled: false`."""
-    return await schedules.list_schedules(conn, request.app.state.settings)
+    return await schedules.list_schedules(
+        conn, request.app.state.settings, blueprints=apps.blueprints
+    )

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from backend.api.deps import Reader
+from backend.api.deps import Apps, Reader
 from backend.api.schemas import UNAUTHENTICATED, TaskInfo, ok_response
-from backend.tasks import all_tasks
 
 router = APIRouter(tags=["tasks"])
 
@@ -22,9 +21,10 @@ PING = TaskInfo.model_json_schema()["examples"][0]
         **UNAUTHENTICATED,
     },
 )
-async def list_tasks(caller: Reader, request: Request) -> list[TaskInfo]:
+async def list_tasks(caller: Reader, request: Request, apps: Apps) -> list[TaskInfo]:
     """Every task a job can be deferred for, with its default queue, priority, locks and retry
-    policy, and the JSON schema `args` must match in `POST /jobs`."""
+    policy, and the JSON schema `args` must match in `POST /jobs`. Queue, retry and limits
+    are the effective ones: the task's own, else its app's defaults (or the operator's)."""
     overrides = request.app.state.settings.rate_limit_overrides()
     return [
         TaskInfo(
@@ -40,5 +40,5 @@ async def list_tasks(caller: Reader, request: Request) -> list[TaskInfo]:
             soft_time_limit=task.soft_time_limit,
             args_schema=task.args_model.model_json_schema(),
         )
-        for task in sorted(all_tasks().values(), key=lambda task: task.name)
+        for task in sorted(apps.tasks.values(), key=lambda task: task.name)
     ]
