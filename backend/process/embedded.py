@@ -23,6 +23,7 @@ from psycopg import sql
 
 from backend.errors import EmbeddedServerError
 from backend.queries import QUERIES
+from backend.settings import Settings
 
 with warnings.catch_warnings():
     # platformdirs warns when XDG_RUNTIME_DIR is unset (root shells, CI); the fallback is fine.
@@ -118,3 +119,13 @@ def stop_left_over_server(pgdata: Path) -> None:
         process = psutil.Process(pid)
         process.terminate()
         process.wait(timeout=30)
+
+
+@contextlib.contextmanager
+def database_url(settings: Settings) -> Iterator[str]:
+    """Yield the URL of the database to use: ``DATABASE_URL``, or the embedded server's."""
+    if settings.database_url:
+        yield settings.database_url
+        return
+    with embedded_server(settings.embedded_data_dir) as url:
+        yield url

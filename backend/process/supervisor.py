@@ -38,7 +38,7 @@ from pydantic import SecretStr
 
 import backend
 from backend.errors import TaskhubError
-from backend.process.lifetime import signal_on_parent_death
+from backend.runtime.lifetime import signal_on_parent_death
 from backend.settings import Settings, env_name
 
 logger = logging.getLogger(__name__)
