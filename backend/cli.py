@@ -24,13 +24,14 @@ from backend import defer
 from backend.auth import parse_tokens
 from backend.control import jobs, queues, schedules
 from backend.control.waiting import JobWatcher, reuse, wait_until_finished
-from backend.db import DictConnection, check_database, database_url, describe_database
+from backend.db import DictConnection, check_database, describe_database
 from backend.declare.apps import LoadedApps, load_apps
 from backend.declare.schedules import configured_schedules
 from backend.defer import QUEUE_PATTERN
 from backend.errors import TaskhubError
 from backend.maintenance import backups
 from backend.process import migrate
+from backend.process.embedded import database_url
 from backend.runtime.progress import Progress
 from backend.settings import Settings, load_settings
 

@@ -5,10 +5,8 @@ No module-level pools: the API lifespan and the worker each build their own.
 
 from __future__ import annotations
 
-import contextlib
 import time
 import weakref
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -17,21 +15,10 @@ from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from backend.errors import DatabaseUnavailable, NotMigrated
-from backend.process.embedded import embedded_server
 from backend.queries import QUERIES
 from backend.settings import Settings
 
 DictConnection = AsyncConnection[DictRow]
-
-
-@contextlib.contextmanager
-def database_url(settings: Settings) -> Iterator[str]:
-    """Yield the URL of the database to use: ``DATABASE_URL``, or the embedded server's."""
-    if settings.database_url:
-        yield settings.database_url
-        return
-    with embedded_server(settings.embedded_data_dir) as url:
-        yield url
 
 
 def describe_database(url: str) -> str:

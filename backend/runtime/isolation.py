@@ -35,7 +35,7 @@ from typing import Any
 
 from procrastinate.exceptions import JobAborted
 
-from backend.process.lifetime import signal_on_parent_death
+from backend.runtime.lifetime import signal_on_parent_death
 from backend.runtime.progress import Progress
 
 POLL = 0.05  # seconds between checks for the limit or an abort while the child runs
