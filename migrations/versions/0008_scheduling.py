@@ -1,4 +1,4 @@
-"""external schedule sync example tables
+"""moved to backend/examples/scheduling/migrations; kept so existing databases upgrade
 
 Revision ID: 0008
 Revises: 0007
@@ -7,8 +7,6 @@ Create Date: 2026-11-22
 
 from __future__ import annotations
 
-from migrations.helpers import execute_sql_file
-
 revision: str = "0008"
 down_revision: str | None = "0007"
 branch_labels: str | None = None
@@ -16,8 +14,8 @@ depends_on: str | None = None
 
 
 def upgrade() -> None:
-    execute_sql_file("0008_scheduling.sql")
+    """Nothing: the schedule sync example's tables belong to its app now."""
 
 
 def downgrade() -> None:
-    execute_sql_file("0008_scheduling_downgrade.sql")
+    """Nothing: a database that has the tables keeps them for the app to manage."""

@@ -11,7 +11,6 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Path, Query, status
 
-from backend import scheduling
 from backend.api.deps import Conn, Operator, Reader
 from backend.api.schemas import (
     FORBIDDEN,
@@ -24,6 +23,7 @@ from backend.api.schemas import (
     ok_response,
     parameter_examples,
 )
+from backend.examples.scheduling import schemas, service
 
 router = APIRouter(prefix="/scheduling", tags=["scheduling"])
 
@@ -31,7 +31,7 @@ ScheduleId = Annotated[
     int,
     Path(
         ge=1,
-        le=scheduling.MAX_ID,
+        le=schemas.MAX_ID,
         description="The local schedule's id.",
         openapi_examples=parameter_examples(schedule=("A schedule id", 42)),
     ),
@@ -40,7 +40,7 @@ EmployeeId = Annotated[
     int,
     Path(
         ge=1,
-        le=scheduling.MAX_ID,
+        le=schemas.MAX_ID,
         description="The local employee's id.",
         openapi_examples=parameter_examples(employee=("An employee id", 7)),
     ),
@@ -182,7 +182,7 @@ ENDS_BEFORE_START = (
 @router.post(
     "/employees",
     status_code=status.HTTP_201_CREATED,
-    response_model=scheduling.EmployeeView,
+    response_model=schemas.EmployeeView,
     summary="Create an employee",
     responses={
         201: ok_response(
@@ -213,7 +213,7 @@ ENDS_BEFORE_START = (
 )
 async def create_employee(
     body: Annotated[
-        scheduling.EmployeeCreate,
+        schemas.EmployeeCreate,
         Body(
             openapi_examples=parameter_examples(
                 employee=("An employee", {"code": "E1001", "name": "Dana Reyes"}),
@@ -226,18 +226,18 @@ async def create_employee(
     ],
     conn: Conn,
     caller: Operator,
-) -> scheduling.EmployeeView:
+) -> schemas.EmployeeView:
     """Create an employee and defer `scheduling.sync_employee` in the same transaction.
 
     The code is the employee number the scheduling API knows them by; it cannot change. Needs
     the operate scope.
     """
-    return await scheduling.create_employee(conn, body)
+    return await service.create_employee(conn, body)
 
 
 @router.get(
     "/employees/{employee_id}",
-    response_model=scheduling.EmployeeView,
+    response_model=schemas.EmployeeView,
     summary="Read an employee and its sync",
     responses={
         200: ok_response(
@@ -253,15 +253,15 @@ async def create_employee(
 )
 async def read_employee(
     employee_id: EmployeeId, conn: Conn, caller: Reader
-) -> scheduling.EmployeeView:
+) -> schemas.EmployeeView:
     """The local row: whether the scheduling API has its latest version (`sync_status`,
     `synced_version`), the last error, and the latest sync job (`GET /jobs/{last_job_id}`)."""
-    return await scheduling.get_employee(conn, employee_id)
+    return await service.get_employee(conn, employee_id)
 
 
 @router.patch(
     "/employees/{employee_id}",
-    response_model=scheduling.EmployeeView,
+    response_model=schemas.EmployeeView,
     summary="Change an employee",
     responses={
         200: ok_response(
@@ -288,7 +288,7 @@ async def read_employee(
 async def change_employee(
     employee_id: EmployeeId,
     body: Annotated[
-        scheduling.EmployeeChange,
+        schemas.EmployeeChange,
         Body(
             openapi_examples=parameter_examples(
                 rename=("A new name", {"name": "Dana Reyes-Okafor"}),
@@ -298,10 +298,10 @@ async def change_employee(
     ],
     conn: Conn,
     caller: Operator,
-) -> scheduling.EmployeeView:
+) -> schemas.EmployeeView:
     """Change the name, email or active flag and defer `scheduling.sync_employee` in the same
     transaction. A change that changes nothing defers nothing. Needs the operate scope."""
-    return await scheduling.change_employee(conn, employee_id, body)
+    return await service.change_employee(conn, employee_id, body)
 
 
 # -- Schedules -------------------------------------------------------------------------------
@@ -310,7 +310,7 @@ async def change_employee(
 @router.post(
     "/schedules",
     status_code=status.HTTP_201_CREATED,
-    response_model=scheduling.ScheduleView,
+    response_model=schemas.ScheduleView,
     summary="Create a schedule",
     responses={
         201: ok_response(
@@ -339,7 +339,7 @@ async def change_employee(
 )
 async def create_schedule(
     body: Annotated[
-        scheduling.ScheduleCreate,
+        schemas.ScheduleCreate,
         Body(
             openapi_examples=parameter_examples(
                 shift=(
@@ -365,19 +365,19 @@ async def create_schedule(
     ],
     conn: Conn,
     caller: Operator,
-) -> scheduling.ScheduleView:
+) -> schemas.ScheduleView:
     """Create a schedule and defer `scheduling.sync_schedule` in the same transaction: the row
     and its job commit together, or neither does.
 
     The job creates the remote event under the schedule's own Idempotency-Key, so its retries
     never create a second one. Needs the operate scope.
     """
-    return await scheduling.create_schedule(conn, body)
+    return await service.create_schedule(conn, body)
 
 
 @router.get(
     "/schedules",
-    response_model=list[scheduling.ScheduleView],
+    response_model=list[schemas.ScheduleView],
     summary="List schedules and their sync",
     responses={
         200: ok_response(
@@ -401,7 +401,7 @@ async def list_schedules(
     conn: Conn,
     caller: Reader,
     sync_status: Annotated[
-        scheduling.SyncStatus | None,
+        schemas.SyncStatus | None,
         Query(
             description="Only schedules in this sync status; `failed` lists those whose sync"
             " job gave up.",
@@ -417,15 +417,15 @@ async def list_schedules(
             openapi_examples=parameter_examples(page=("Fifty", 50)),
         ),
     ] = 50,
-) -> list[scheduling.ScheduleView]:
+) -> list[schemas.ScheduleView]:
     """Schedules newest first, deleted ones included (until their remote delete is done and
     after), each with its sync status, last error and latest sync job."""
-    return await scheduling.list_schedules(conn, sync_status=sync_status, limit=limit)
+    return await service.list_schedules(conn, sync_status=sync_status, limit=limit)
 
 
 @router.get(
     "/schedules/{schedule_id}",
-    response_model=scheduling.ScheduleView,
+    response_model=schemas.ScheduleView,
     summary="Read a schedule and its sync",
     responses={
         200: ok_response(
@@ -442,16 +442,16 @@ async def list_schedules(
 )
 async def read_schedule(
     schedule_id: ScheduleId, conn: Conn, caller: Reader
-) -> scheduling.ScheduleView:
+) -> schemas.ScheduleView:
     """The local row: whether the scheduling API has its latest version (`sync_status`,
     `synced_version`), the remote event's id, the last error, and the latest sync job
     (`GET /jobs/{last_job_id}`; a failed one is in `GET /jobs?state=FAILURE`)."""
-    return await scheduling.get_schedule(conn, schedule_id)
+    return await service.get_schedule(conn, schedule_id)
 
 
 @router.patch(
     "/schedules/{schedule_id}",
-    response_model=scheduling.ScheduleView,
+    response_model=schemas.ScheduleView,
     summary="Reschedule, or change the employee",
     responses={
         200: ok_response(
@@ -480,7 +480,7 @@ async def read_schedule(
 async def change_schedule(
     schedule_id: ScheduleId,
     body: Annotated[
-        scheduling.ScheduleChange,
+        schemas.ScheduleChange,
         Body(
             openapi_examples=parameter_examples(
                 reschedule=(
@@ -493,17 +493,17 @@ async def change_schedule(
     ],
     conn: Conn,
     caller: Operator,
-) -> scheduling.ScheduleView:
+) -> schemas.ScheduleView:
     """Reschedule (new times), change the employee or the title, and defer
     `scheduling.sync_schedule` in the same transaction. The schedule's jobs run one at a time,
     in order, each pushing the row as it is then. A change that changes nothing defers
     nothing. Needs the operate scope."""
-    return await scheduling.change_schedule(conn, schedule_id, body)
+    return await service.change_schedule(conn, schedule_id, body)
 
 
 @router.delete(
     "/schedules/{schedule_id}",
-    response_model=scheduling.ScheduleView,
+    response_model=schemas.ScheduleView,
     summary="Delete a schedule",
     responses={
         200: ok_response(
@@ -519,9 +519,9 @@ async def change_schedule(
 )
 async def delete_schedule(
     schedule_id: ScheduleId, conn: Conn, caller: Operator
-) -> scheduling.ScheduleView:
+) -> schemas.ScheduleView:
     """Mark the schedule deleted and defer `scheduling.delete_remote_schedule` in the same
     transaction; it runs after the schedule's earlier jobs. A schedule never synced needs no
     remote call. The row stays, `deleted` once the remote event is gone. Needs the operate
     scope."""
-    return await scheduling.delete_schedule(conn, schedule_id)
+    return await service.delete_schedule(conn, schedule_id)

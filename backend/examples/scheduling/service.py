@@ -2,7 +2,7 @@
 
 Two halves. The writes (create, reschedule, change employee, delete) change the local row and
 defer its sync job on the caller's connection, so both commit or neither; they never commit.
-The sync steps, called by the jobs of ``backend/tasks/scheduling.py``, talk to the remote API
+The sync steps, called by the jobs of ``tasks.py``, talk to the remote API
 and record what it has, each step in its own short transaction (no transaction stays open
 across an HTTP call).
 
@@ -21,56 +21,48 @@ import urllib.parse
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import httpx
 import psycopg
+from procrastinate.jobs import Job
+from procrastinate.retry import BaseRetryStrategy
 from psycopg.types.json import Jsonb
-from pydantic import (
-    AfterValidator,
-    AwareDatetime,
-    BaseModel,
-    ConfigDict,
-    Field,
-    StringConstraints,
-    ValidationError,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from backend import defer
 from backend.db import DictConnection
-from backend.declare.policy import Retry
 from backend.errors import TaskhubError
-from backend.queries import QUERIES
+from backend.examples.scheduling.blueprint import (
+    DELETE_REMOTE_SCHEDULE,
+    SYNC_EMPLOYEE,
+    SYNC_SCHEDULE,
+    declared,
+    employee_lock,
+    schedule_lock,
+)
+from backend.examples.scheduling.schemas import (
+    EmployeeChange,
+    EmployeeCreate,
+    EmployeeView,
+    ScheduleChange,
+    ScheduleCreate,
+    ScheduleView,
+    SyncStatus,
+)
+from backend.examples.scheduling.settings import SchedulingSettings
+from backend.queries import load_queries
 from backend.runtime.isolation import SoftTimeLimitExceeded
-from backend.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-QUEUE = "scheduling"
-SYNC_SCHEDULE = "scheduling.sync_schedule"
-DELETE_REMOTE_SCHEDULE = "scheduling.delete_remote_schedule"
-SYNC_EMPLOYEE = "scheduling.sync_employee"
-REFRESH_EVENTS = "scheduling.refresh_events"
-
-#: Employee codes appear in the remote's URLs: letters, digits and ``_.-`` only.
-CODE_PATTERN = r"^[A-Za-z0-9_.-]{1,40}$"
+#: The example's named SQL (sql/scheduling.sql).
+QUERIES = load_queries("backend.examples.scheduling.sql")
 #: Events per page the hourly refresh asks for.
 REFRESH_PAGE_SIZE = 100
-MAX_ID = 2**63 - 1
-EARLIEST = datetime.datetime(1900, 1, 1, tzinfo=datetime.UTC)
-LATEST = datetime.datetime(9000, 1, 1, tzinfo=datetime.UTC)
 
 T = TypeVar("T")
 ModelT = TypeVar("ModelT", bound=BaseModel)
-
-
-def schedule_lock(schedule_id: int) -> str:
-    """The lock of a schedule's jobs: they run one at a time, in the order they were deferred."""
-    return f"scheduling.schedule:{schedule_id}"
-
-
-def employee_lock(employee_id: int) -> str:
-    return f"scheduling.employee:{employee_id}"
 
 
 # -- Errors -----------------------------------------------------------------------------------
@@ -112,191 +104,6 @@ class SchedulingNotConfigured(Exception):
     """TASKHUB_SCHEDULING_BASE_URL is not set."""
 
 
-# -- What the API accepts and shows -----------------------------------------------------------
-
-
-def _storable(value: str) -> str:
-    """Text PostgreSQL can store and a person can read: no NUL, no lone surrogate, not blank."""
-    if "\x00" in value:
-        raise ValueError("cannot contain NUL (\\u0000) characters")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError("must be valid Unicode (no lone surrogates such as \\ud800)") from None
-    if not value.strip():
-        raise ValueError("cannot be blank")
-    return value
-
-
-def _in_utc(value: datetime.datetime) -> datetime.datetime:
-    """In UTC, within a range every layer (Python, PostgreSQL, the remote) represents."""
-    try:
-        in_range = EARLIEST <= value <= LATEST
-        utc = value.astimezone(datetime.UTC)
-    except OverflowError:
-        in_range = False
-    if not in_range:
-        raise ValueError(f"must be between {EARLIEST:%Y-%m-%d} and {LATEST:%Y-%m-%d} (UTC)")
-    return utc
-
-
-Text = Annotated[str, StringConstraints(min_length=1, max_length=200), AfterValidator(_storable)]
-Code = Annotated[str, StringConstraints(pattern=CODE_PATTERN)]
-Email = Annotated[
-    str,
-    StringConstraints(max_length=254, pattern=r"^[^@\s]+@[^@\s]+$"),
-    AfterValidator(_storable),
-]
-Moment = Annotated[AwareDatetime, AfterValidator(_in_utc)]
-#: A time read from PostgreSQL (in the session's timezone), shown in UTC.
-Utc = Annotated[datetime.datetime, AfterValidator(lambda value: value.astimezone(datetime.UTC))]
-RowId = Annotated[int, Field(ge=1, le=MAX_ID)]
-
-
-class EmployeeCreate(BaseModel):
-    """A new employee. The code is the employee number the remote knows them by."""
-
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={
-            "examples": [{"code": "E1001", "name": "Dana Reyes", "email": "dana@example.com"}]
-        },
-    )
-
-    code: Code = Field(description="Employee number, shared with the scheduling API; fixed.")
-    name: Text
-    email: Email | None = None
-    active: bool = True
-
-
-class EmployeeChange(BaseModel):
-    """Fields to change; those left out (or null) stay as they are."""
-
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={"examples": [{"name": "Dana Reyes-Okafor"}, {"active": False}]},
-    )
-
-    name: Text | None = None
-    email: Email | None = None
-    active: bool | None = None
-
-    @model_validator(mode="after")
-    def _something(self) -> EmployeeChange:
-        if not self.model_fields_set or all(
-            getattr(self, name) is None for name in self.model_fields_set
-        ):
-            raise ValueError("give at least one of name, email, active")
-        return self
-
-
-class ScheduleCreate(BaseModel):
-    """A new schedule (a shift or visit) of one employee."""
-
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={
-            "examples": [
-                {
-                    "employee_id": 7,
-                    "title": "Store 112 reset",
-                    "starts_at": "2030-01-07T08:00:00Z",
-                    "ends_at": "2030-01-07T12:00:00Z",
-                }
-            ]
-        },
-    )
-
-    employee_id: RowId
-    title: Text
-    starts_at: Moment
-    ends_at: Moment = Field(description="After starts_at.")
-
-    @model_validator(mode="after")
-    def _ends_after_start(self) -> ScheduleCreate:
-        if self.ends_at <= self.starts_at:
-            raise ValueError("ends_at must be after starts_at")
-        return self
-
-
-class ScheduleChange(BaseModel):
-    """A reschedule (times), a change of employee, a new title; left out (or null): unchanged."""
-
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={
-            "examples": [
-                {"starts_at": "2030-01-08T08:00:00Z", "ends_at": "2030-01-08T12:00:00Z"},
-                {"employee_id": 8},
-            ]
-        },
-    )
-
-    employee_id: RowId | None = None
-    title: Text | None = None
-    starts_at: Moment | None = None
-    ends_at: Moment | None = None
-
-    @model_validator(mode="after")
-    def _something(self) -> ScheduleChange:
-        if all(getattr(self, name) is None for name in type(self).model_fields):
-            raise ValueError("give at least one of employee_id, title, starts_at, ends_at")
-        if self.starts_at and self.ends_at and self.ends_at <= self.starts_at:
-            raise ValueError("ends_at must be after starts_at")
-        return self
-
-
-SyncStatus = Literal["pending", "synced", "failed", "deleted"]
-
-
-class EmployeeView(BaseModel):
-    """An employee and the state of its sync."""
-
-    id: int
-    code: str
-    name: str
-    email: str | None
-    active: bool
-    version: int = Field(description="Bumped by every local change.")
-    synced_version: int | None = Field(description="The version the remote has; null: none yet.")
-    sync_status: Literal["pending", "synced", "failed"] = Field(
-        description="`pending`: a job will push the latest version; `failed`: its job gave up"
-        " (see `sync_error` and the job)."
-    )
-    sync_error: str | None = Field(description="The last failed attempt's error.")
-    synced_at: Utc | None
-    last_job_id: int | None = Field(description="The latest sync job (`GET /jobs/{id}`).")
-    last_job_status: str | None = Field(description="Its status; null once pruned.")
-    created_at: Utc
-    updated_at: Utc
-
-
-class ScheduleView(BaseModel):
-    """A schedule and the state of its sync."""
-
-    id: int
-    employee_id: int
-    employee_code: str
-    title: str
-    starts_at: Utc
-    ends_at: Utc
-    version: int = Field(description="Bumped by every local change, the delete included.")
-    synced_version: int | None = Field(description="The version the remote has; null: none yet.")
-    sync_status: SyncStatus = Field(
-        description="`pending`: a job will push the latest version (or the delete); `synced`;"
-        " `failed`: its job gave up (see `sync_error` and the job); `deleted`: the remote event"
-        " is gone too."
-    )
-    sync_error: str | None = Field(description="The last failed attempt's error.")
-    synced_at: Utc | None
-    external_id: str | None = Field(description="The remote event's id, once known.")
-    last_job_id: int | None = Field(description="The latest sync job (`GET /jobs/{id}`).")
-    last_job_status: str | None = Field(description="Its status; null once pruned.")
-    created_at: Utc
-    updated_at: Utc
-    deleted_at: Utc | None
-
-
 # -- Writes: the row and its job, in the caller's transaction --------------------------------
 
 
@@ -307,11 +114,7 @@ async def _one(conn: DictConnection, query: str, params: dict[str, Any]) -> dict
 
 async def _defer(conn: DictConnection, task_name: str, args: dict[str, Any], lock: str) -> int:
     """Defer on ``conn``: the job commits with the row, or neither does."""
-    # The task module imports this module (to be untangled with the example's move).
-    from backend import defer
-    from backend.tasks.scheduling import blueprint
-
-    return await defer.defer(conn, blueprint.tasks[task_name], args, lock=lock)
+    return await defer.defer(conn, declared(task_name), args, lock=lock)
 
 
 async def get_employee(conn: DictConnection, employee_id: int) -> EmployeeView:
@@ -483,18 +286,14 @@ class SchedulingClient:
         self._http = httpx.AsyncClient(base_url=base_url, headers=headers, timeout=timeout)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> SchedulingClient:
-        if not settings.scheduling_base_url:
+    def from_settings(cls, settings: SchedulingSettings) -> SchedulingClient:
+        if not settings.base_url:
             raise SchedulingNotConfigured(
                 "TASKHUB_SCHEDULING_BASE_URL is not set: set it (and TASKHUB_SCHEDULING_TOKEN)"
                 " on the workers, then retry the job"
             )
-        token = settings.scheduling_token
-        return cls(
-            settings.scheduling_base_url,
-            token.get_secret_value() if token else None,
-            settings.scheduling_timeout,
-        )
+        token = settings.token
+        return cls(settings.base_url, token.get_secret_value() if token else None, settings.timeout)
 
     async def __aenter__(self) -> SchedulingClient:
         return self
@@ -600,19 +399,22 @@ def _quote(segment: str) -> str:
 class SyncRun:
     """What a sync job hands the steps below: settings, its transactions, who it is."""
 
-    settings: Settings
+    settings: SchedulingSettings
     transaction: Callable[[], AbstractAsyncContextManager[DictConnection]]
     job_id: int
     attempt: int
-    retry: Retry
+    #: The job's retry policy as resolved (its task's, else its app's or the operator's).
+    retry: BaseRetryStrategy | None
     #: Seconds after which the job stops itself and records why (below the hard limit).
     soft_time_limit: float | None = None
 
     def is_final(self, error: BaseException) -> bool:
         """Whether the job's retry policy gives up after this error."""
-        if self.attempt > self.retry.retries:
+        if self.retry is None:
             return True
-        return bool(self.retry.on) and not isinstance(error, self.retry.on)
+        # Strategies judge by the runs before this one (job.attempts), as the worker asks.
+        job = Job(queue="", lock=None, queueing_lock=None, task_name="", attempts=self.attempt - 1)
+        return self.retry.get_retry_decision(exception=error, job=job) is None
 
 
 class ScheduleSyncResult(BaseModel):
@@ -827,13 +629,13 @@ async def sync_employee(run: SyncRun, employee_id: int) -> EmployeeSyncResult:
 
 
 async def refresh_events(
-    settings: Settings,
+    settings: SchedulingSettings,
     transaction: Callable[[], AbstractAsyncContextManager[DictConnection]],
     page_size: int = REFRESH_PAGE_SIZE,
 ) -> RefreshReport:
     """Page through the remote's events and fold each page into the local rows (one
     transaction per page, so a failure keeps what earlier pages brought)."""
-    if not settings.scheduling_base_url:
+    if not settings.base_url:
         return RefreshReport(configured=False)
     report = RefreshReport(configured=True)
     cursor: str | None = None

@@ -6,7 +6,7 @@ and fails on demand: ``standin.inject(Fault.error(500), Fault.timeout(), route="
 makes the next matching requests answer 500, or do their work and then hold the answer back
 until the client gives up (the "timed out after committing" case an idempotency key exists for).
 
-Its wire format is written here, apart from taskhub's client (``backend/scheduling.py``), so
+Its wire format is written here, apart from the example's client (``service.py``), so
 the tests exercise the client against the API as the remote defines it.
 """
 

@@ -1,4 +1,4 @@
--- The external schedule sync example (backend/scheduling.py), in procrastinate's format.
+-- The external schedule sync example (service.py), in procrastinate's format.
 -- Writes bump the row's version and set it pending; the sync jobs record what the remote has.
 
 -- scheduling_insert_employee --

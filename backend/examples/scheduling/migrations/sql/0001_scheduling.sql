@@ -1,10 +1,13 @@
 -- The external schedule sync example (docs/examples-scheduling.md): employees and their
 -- schedules, each row carrying what its sync to the external scheduling API needs. Tables live
 -- in their own schema; taskhub's job tables are not touched.
-CREATE SCHEMA scheduling;
+--
+-- IF NOT EXISTS and OR REPLACE throughout: a database where taskhub's revision 0008 made these
+-- (before the example became an app) adopts them unchanged.
+CREATE SCHEMA IF NOT EXISTS scheduling;
 
 -- An employee, known to the remote API by its code (the employee number both systems share).
-CREATE TABLE scheduling.employees (
+CREATE TABLE IF NOT EXISTS scheduling.employees (
     id bigserial PRIMARY KEY,
     code text NOT NULL UNIQUE CHECK (code ~ '^[A-Za-z0-9_.-]{1,40}$'),
     name text NOT NULL,
@@ -23,7 +26,7 @@ CREATE TABLE scheduling.employees (
 );
 
 -- A schedule (a shift or visit) of one employee; the remote calls it an event.
-CREATE TABLE scheduling.schedules (
+CREATE TABLE IF NOT EXISTS scheduling.schedules (
     id bigserial PRIMARY KEY,
     employee_id bigint NOT NULL REFERENCES scheduling.employees (id),
     title text NOT NULL,
@@ -50,11 +53,11 @@ CREATE TABLE scheduling.schedules (
     deleted_at timestamptz,  -- set by a delete; the row stays to follow the remote delete
     CHECK (ends_at > starts_at)
 );
-CREATE INDEX schedules_employee_idx ON scheduling.schedules (employee_id);
-CREATE INDEX schedules_sync_status_idx ON scheduling.schedules (sync_status, id DESC);
+CREATE INDEX IF NOT EXISTS schedules_employee_idx ON scheduling.schedules (employee_id);
+CREATE INDEX IF NOT EXISTS schedules_sync_status_idx ON scheduling.schedules (sync_status, id DESC);
 
 -- What the API shows of a row: its employee's code and the status of its latest sync job.
-CREATE VIEW scheduling.employee_overview AS
+CREATE OR REPLACE VIEW scheduling.employee_overview AS
 SELECT employee.id, employee.code, employee.name, employee.email, employee.active,
        employee.version, employee.synced_version, employee.sync_status, employee.sync_error,
        employee.synced_at, employee.last_job_id, job.status::text AS last_job_status,
@@ -62,7 +65,7 @@ SELECT employee.id, employee.code, employee.name, employee.email, employee.activ
   FROM scheduling.employees employee
   LEFT JOIN procrastinate_jobs job ON job.id = employee.last_job_id;
 
-CREATE VIEW scheduling.schedule_overview AS
+CREATE OR REPLACE VIEW scheduling.schedule_overview AS
 SELECT schedule.id, schedule.employee_id, employee.code AS employee_code, schedule.title,
        schedule.starts_at, schedule.ends_at, schedule.version, schedule.synced_version,
        schedule.sync_status, schedule.sync_error, schedule.synced_at, schedule.external_id,

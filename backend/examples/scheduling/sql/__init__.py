@@ -1,0 +1,1 @@
+"""The schedule sync example's named SQL, loaded by ``load_queries(__name__)``."""
