@@ -1,4 +1,8 @@
-"""ERP sync example tables
+"""moved to backend/examples/erp/migrations; kept so existing databases upgrade
+
+The ERP sync example's tables are now its app's own revisions (``taskhub migrate --app
+backend.examples.erp``, table ``alembic_version_erp``), which adopt the tables this revision
+used to create. A database past 0007 keeps them; a new one gets no ``erp`` schema.
 
 Revision ID: 0007
 Revises: 0006
@@ -7,8 +11,6 @@ Create Date: 2026-11-22
 
 from __future__ import annotations
 
-from migrations.helpers import execute_sql_file
-
 revision: str = "0007"
 down_revision: str | None = "0006"
 branch_labels: str | None = None
@@ -16,8 +18,8 @@ depends_on: str | None = None
 
 
 def upgrade() -> None:
-    execute_sql_file("0007_erp.sql")
+    pass
 
 
 def downgrade() -> None:
-    execute_sql_file("0007_erp_downgrade.sql")
+    pass

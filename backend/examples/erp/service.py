@@ -1,7 +1,7 @@
 """The ERP sync example: page through the ERP's HTTP API, upsert each page set-wise, keep a
 checkpoint, record every run.
 
-The task (``backend/tasks/erp.py``) is the boundary: :func:`run_sync` gets its ``transaction``
+The task (``tasks.py``) is the boundary: :func:`run_sync` gets its ``transaction``
 factory and opens one short transaction per step: the 'running' row, then each page (its upsert
 and the checkpoint commit together, in one statement), then the outcome. So a killed worker
 loses at most the page in flight, and the retry (or the rescue) resumes after the last
@@ -26,10 +26,13 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationErro
 
 from backend.db import DictConnection
 from backend.errors import TaskhubError
-from backend.queries import QUERIES
-from backend.settings import Settings
+from backend.examples.erp.settings import ErpSettings
+from backend.queries import load_queries
 
 logger = logging.getLogger(__name__)
+
+#: The named statements of sql/erp.sql.
+QUERIES = load_queries("backend.examples.erp.sql")
 
 Kind = Literal["assets", "locations"]
 TransactionFactory = Callable[[], AbstractAsyncContextManager[DictConnection]]
@@ -136,25 +139,25 @@ class Page:
 # -- the HTTP client -------------------------------------------------------------------------
 
 
-def configured_base_url(settings: Settings) -> str:
+def configured_base_url(settings: ErpSettings) -> str:
     """TASKHUB_ERP_BASE_URL, or :class:`ErpNotConfigured` saying to set it."""
-    if not settings.erp_base_url:
+    if not settings.base_url:
         raise ErpNotConfigured(
             "the ERP sync is not configured: set TASKHUB_ERP_BASE_URL (and TASKHUB_ERP_TOKEN) "
             "on the workers"
         )
-    return settings.erp_base_url
+    return settings.base_url
 
 
 @contextlib.asynccontextmanager
-async def erp_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+async def erp_client(settings: ErpSettings) -> AsyncIterator[httpx.AsyncClient]:
     """An HTTP client for the ERP: base URL, bearer token and timeout from the settings."""
     base_url = configured_base_url(settings)
     headers = {"Accept": "application/json"}
-    if settings.erp_token is not None:
-        headers["Authorization"] = f"Bearer {settings.erp_token.get_secret_value()}"
+    if settings.token is not None:
+        headers["Authorization"] = f"Bearer {settings.token.get_secret_value()}"
     async with httpx.AsyncClient(
-        base_url=base_url, headers=headers, timeout=settings.erp_timeout
+        base_url=base_url, headers=headers, timeout=settings.timeout
     ) as client:
         yield client
 
@@ -324,7 +327,7 @@ class SyncJob:
 
     kind: Kind
     force_full_sync: bool
-    settings: Settings
+    settings: ErpSettings
     job_id: int | None
     attempt: int | None
     transaction: TransactionFactory
@@ -400,7 +403,7 @@ async def _pages(job: SyncJob, run: SyncRun) -> SyncRun:
         number = run.next_page
         while True:
             job.check()
-            page = await fetch_page(client, job.kind, number, job.settings.erp_page_size, run.since)
+            page = await fetch_page(client, job.kind, number, job.settings.page_size, run.since)
             async with job.transaction() as conn:
                 moved = await _run_row(
                     conn,

@@ -11,7 +11,7 @@ number of requests or for good, to show retries, timeouts and rescues::
 
     app = demo_app(assets=10_000, locations=200, token="...")  # the same, in one call
 
-``python -m backend.standins.erp --assets 10000 --port 8100`` serves one from the shell.
+``python -m backend.examples.erp.standin --assets 10000 --port 8100`` serves one from the shell.
 While it runs, ``/admin/*`` reseeds it, changes records and sets faults (same token).
 """
 
@@ -330,7 +330,9 @@ def demo_app(
 
 
 def _arguments(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m backend.standins.erp", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m backend.examples.erp.standin", description=__doc__
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8100)
     parser.add_argument("--assets", type=int, default=1000)

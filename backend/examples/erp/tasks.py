@@ -1,16 +1,18 @@
 """The ERP sync tasks: assets and locations, paged from the ERP's HTTP API into erp.*.
 
-The logic lives in ``backend/erp.py``; this module declares the tasks and their policy, and
-hands the sync the task's own transactions (the boundary where commits happen).
+The logic lives in ``service.py``; this module declares the tasks and their policy (the
+queue, retry and limits they share are the app's :data:`DEFAULTS`), and hands the sync the
+task's own transactions (the boundary where commits happen) and the app's settings.
 """
 
 from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from backend import erp
-from backend.declare.policy import Retry
+from backend.declare.policy import Retry, TaskDefaults
 from backend.declare.registry import TaskBlueprint
+from backend.examples.erp import service as erp
+from backend.examples.erp.settings import ErpSettings
 from backend.runtime.context import TaskContext
 
 blueprint = TaskBlueprint()
@@ -24,6 +26,11 @@ TIME_LIMIT = 30 * 60
 #: An ERP that is down, slow or overloaded gets 3 more tries, 1, 2 and 4 minutes later; each
 #: resumes after the last committed page. Bad credentials or bad data fail at once.
 RETRY = Retry(retries=3, backoff=60, factor=2, jitter=0.1, on=(erp.ErpUnavailable,))
+#: What every ERP task gets unless it declares otherwise (the app's ``defaults``; an operator
+#: may still override them with TASKHUB_TASK_DEFAULTS='{"erp": {...}}').
+DEFAULTS = TaskDefaults(
+    queue=QUEUE, retry=RETRY, soft_time_limit=SOFT_TIME_LIMIT, time_limit=TIME_LIMIT
+)
 
 
 class SyncArgs(BaseModel):
@@ -43,7 +50,7 @@ def _sync_job(kind: erp.Kind, args: SyncArgs, ctx: TaskContext) -> erp.SyncJob:
     return erp.SyncJob(
         kind=kind,
         force_full_sync=args.force_full_sync,
-        settings=ctx.settings,
+        settings=ctx.settings_of(ErpSettings),
         job_id=ctx.job_id,
         attempt=ctx.attempt,
         transaction=ctx.connection,
@@ -54,12 +61,8 @@ def _sync_job(kind: erp.Kind, args: SyncArgs, ctx: TaskContext) -> erp.SyncJob:
 
 @blueprint.task(
     name="erp.sync_assets",
-    queue=QUEUE,
     lock=LOCK,
     queueing_lock="erp.sync_assets",  # at most one waiting: a second click is a 409
-    retry=RETRY,
-    soft_time_limit=SOFT_TIME_LIMIT,
-    time_limit=TIME_LIMIT,
 )
 async def sync_assets(args: SyncArgs, ctx: TaskContext) -> erp.SyncResult:
     """Page through the ERP's assets (TASKHUB_ERP_BASE_URL) and upsert them into erp.assets,
@@ -70,12 +73,8 @@ async def sync_assets(args: SyncArgs, ctx: TaskContext) -> erp.SyncResult:
 
 @blueprint.task(
     name="erp.sync_locations",
-    queue=QUEUE,
     lock=LOCK,
     queueing_lock="erp.sync_locations",
-    retry=RETRY,
-    soft_time_limit=SOFT_TIME_LIMIT,
-    time_limit=TIME_LIMIT,
 )
 async def sync_locations(args: SyncArgs, ctx: TaskContext) -> erp.SyncResult:
     """Page through the ERP's locations and upsert them into erp.locations; see

@@ -1,4 +1,4 @@
--- The ERP sync example (backend/erp.py): named queries, in procrastinate's format.
+-- The ERP sync (service.py): named queries, in procrastinate's format.
 
 -- erp_fail_interrupted_runs --
 -- 'running' runs of this kind that nothing runs any more (a killed worker, an earlier attempt

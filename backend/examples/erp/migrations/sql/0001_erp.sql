@@ -1,9 +1,10 @@
--- The ERP sync example (backend/erp.py): the business tables it fills and the history of its
+-- The ERP sync example (service.py): the business tables it fills and the history of its
 -- runs, in a schema of their own so taskhub's and procrastinate's stay as they are.
-CREATE SCHEMA erp;
+-- IF NOT EXISTS throughout: a database where taskhub's old revision 0007 made them keeps them.
+CREATE SCHEMA IF NOT EXISTS erp;
 
 -- Locations as the ERP knows them, keyed by the ERP's id; upserted a page at a time.
-CREATE TABLE erp.locations (
+CREATE TABLE IF NOT EXISTS erp.locations (
     id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     erp_id text NOT NULL UNIQUE,
     code text NOT NULL,
@@ -17,7 +18,7 @@ CREATE TABLE erp.locations (
 
 -- Assets as the ERP knows them. No foreign key to erp.locations: the two sync separately,
 -- and an asset may arrive before its location.
-CREATE TABLE erp.assets (
+CREATE TABLE IF NOT EXISTS erp.assets (
     id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     erp_id text NOT NULL UNIQUE,
     code text NOT NULL,
@@ -32,12 +33,12 @@ CREATE TABLE erp.assets (
     created_at timestamptz NOT NULL DEFAULT now(),
     updated_at timestamptz NOT NULL DEFAULT now()
 );
-CREATE INDEX assets_location_erp_id_idx ON erp.assets (location_erp_id);
+CREATE INDEX IF NOT EXISTS assets_location_erp_id_idx ON erp.assets (location_erp_id);
 
 -- One row per attempt of a sync job, kept as history (no foreign key: pruning a job keeps
 -- its runs). The checkpoint (next_page and the counters) commits with each page's upsert, so
 -- a retried or rescued job resumes where the last committed page left off.
-CREATE TABLE erp.sync_runs (
+CREATE TABLE IF NOT EXISTS erp.sync_runs (
     id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     kind text NOT NULL CHECK (kind IN ('assets', 'locations')),
     job_id bigint,
@@ -62,8 +63,8 @@ CREATE TABLE erp.sync_runs (
     duration_seconds double precision
         GENERATED ALWAYS AS (extract(epoch FROM finished_at - started_at)) STORED
 );
-CREATE INDEX sync_runs_kind_started_idx ON erp.sync_runs (kind, started_at DESC);
-CREATE INDEX sync_runs_job_idx ON erp.sync_runs (job_id, id DESC);
-CREATE INDEX sync_runs_success_idx ON erp.sync_runs (kind, watermark DESC)
+CREATE INDEX IF NOT EXISTS sync_runs_kind_started_idx ON erp.sync_runs (kind, started_at DESC);
+CREATE INDEX IF NOT EXISTS sync_runs_job_idx ON erp.sync_runs (job_id, id DESC);
+CREATE INDEX IF NOT EXISTS sync_runs_success_idx ON erp.sync_runs (kind, watermark DESC)
     WHERE status = 'succeeded';
-CREATE INDEX sync_runs_running_idx ON erp.sync_runs (kind) WHERE status = 'running';
+CREATE INDEX IF NOT EXISTS sync_runs_running_idx ON erp.sync_runs (kind) WHERE status = 'running';
