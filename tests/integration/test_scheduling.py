@@ -1,5 +1,7 @@
 """The external schedule sync against a real database, a real worker and the stand-in API
-served for real (uvicorn on a local port), failures injected in it.
+served for real (uvicorn on a local port), failures injected in it. The example runs as the
+app it is: its schema migrated by ``migrate.upgrade(..., apps=[app])``, its routers in the API,
+its tasks in the worker, its settings from ``TASKHUB_SCHEDULING_*``.
 
 Time is under control: a retry's backoff is cut short by moving the job's scheduled_at to now
 (after checking it was scheduled where the policy says); the hourly refresh is deferred by a
@@ -22,17 +24,22 @@ import pytest
 from psycopg.rows import dict_row
 from pydantic import SecretStr
 
-from backend import scheduling
 from backend.api import create_app
 from backend.db import DictConnection
+from backend.declare.apps import LoadedApps, load_apps
+from backend.examples.scheduling import app as scheduling_app
+from backend.examples.scheduling import schemas, service
+from backend.examples.scheduling import tasks as scheduling_tasks
+from backend.examples.scheduling.blueprint import QUEUE, REFRESH_EVENTS
+from backend.examples.scheduling.settings import SchedulingSettings
+from backend.examples.scheduling.standin import Fault, SchedulingStandin
+from backend.process import migrate
 from backend.runtime.app import build_task_app
 from backend.runtime.isolation import SoftTimeLimitExceeded
 from backend.runtime.periodic import ZonedDeferrer
 from backend.settings import Settings
-from backend.standins.scheduling import Fault, SchedulingStandin
 from backend.standins.server import serving
-from backend.tasks import scheduling as scheduling_tasks
-from tests.conftest import eventually
+from tests.conftest import BLUEPRINTS, eventually
 from tests.integration.conftest import running_api, running_worker
 
 REMOTE_TOKEN = "remote-scheduling-token-0123456789"
@@ -60,18 +67,36 @@ def remote() -> Iterator[Remote]:
         yield Remote(standin, url)
 
 
+@pytest.fixture(autouse=True)
+def scheduling_db(db_url: str) -> str:
+    """The test database with the app's schema too, as `taskhub migrate --app` makes it."""
+    migrate.upgrade(db_url, apps=[scheduling_app])
+    return db_url
+
+
 @pytest.fixture
-def sync_settings(settings: Settings, remote: Remote) -> Settings:
+def sync_settings(settings: Settings, remote: Remote, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """taskhub's settings for the test, and the app's (``SchedulingSettings``, read from the
+    environment by the worker's tasks) pointing at the stand-in."""
+    monkeypatch.setenv("TASKHUB_SCHEDULING_BASE_URL", remote.url)
+    monkeypatch.setenv("TASKHUB_SCHEDULING_TOKEN", REMOTE_TOKEN)
+    monkeypatch.setenv("TASKHUB_SCHEDULING_TIMEOUT", "0.5")
     return settings.model_copy(
         update={
-            "scheduling_base_url": remote.url,
-            "scheduling_token": SecretStr(REMOTE_TOKEN),
-            "scheduling_timeout": 0.5,
             "fetch_polling_interval": 0.1,
             # The tests defer the hourly refresh themselves, at chosen ticks.
-            "schedules": f"{scheduling.REFRESH_EVENTS}=off",
+            "schedules": f"{REFRESH_EVENTS}=off",
         }
     )
+
+
+@pytest.fixture
+def apps(sync_settings: Settings) -> LoadedApps:
+    """taskhub's tasks and the scheduling app, checked and their defaults bound, as every
+    process loads them with TASKHUB_APPS=backend.examples.scheduling."""
+    loaded = load_apps(sync_settings, [scheduling_app])
+    assert loaded.settings_of(SchedulingSettings).timeout == 0.5
+    return loaded
 
 
 @pytest.fixture
@@ -84,15 +109,17 @@ async def db(db_url: str) -> AsyncIterator[DictConnection]:
 
 
 @pytest.fixture
-async def api(sync_settings: Settings, db_url: str) -> AsyncIterator[httpx.AsyncClient]:
-    async with running_api(create_app(sync_settings, db_url)) as client:
+async def api(
+    sync_settings: Settings, db_url: str, apps: LoadedApps
+) -> AsyncIterator[httpx.AsyncClient]:
+    async with running_api(create_app(sync_settings, db_url, apps=apps)) as client:
         yield client
 
 
 @contextlib.asynccontextmanager
 async def worker(settings: Settings, db_url: str) -> AsyncIterator[None]:
     async with running_worker(
-        settings, db_url, queues=[scheduling.QUEUE], blueprints=[scheduling_tasks.blueprint]
+        settings, db_url, queues=[QUEUE], blueprints=(*BLUEPRINTS, scheduling_tasks.blueprint)
     ):
         yield
 
@@ -283,27 +310,27 @@ async def test_a_rolled_back_edit_leaves_no_job(
     before = await counts(db)
     assert before == (1, 3)
 
-    view: scheduling.ScheduleView | scheduling.EmployeeView
+    view: schemas.ScheduleView | schemas.EmployeeView
     with pytest.raises(RuntimeError, match="rolled back"):
         async with db.transaction():
             if edit == "reschedule":
-                change = scheduling.ScheduleChange.model_validate(
+                change = schemas.ScheduleChange.model_validate(
                     {"starts_at": "2030-01-08T08:00:00Z", "ends_at": "2030-01-08T12:00:00Z"}
                 )
-                view = await scheduling.change_schedule(db, schedule["id"], change)
+                view = await service.change_schedule(db, schedule["id"], change)
             elif edit == "change_employee":
-                change = scheduling.ScheduleChange(employee_id=other["id"])
-                view = await scheduling.change_schedule(db, schedule["id"], change)
+                change = schemas.ScheduleChange(employee_id=other["id"])
+                view = await service.change_schedule(db, schedule["id"], change)
             elif edit == "delete":
-                view = await scheduling.delete_schedule(db, schedule["id"])
+                view = await service.delete_schedule(db, schedule["id"])
             elif edit == "rename_employee":
-                rename = scheduling.EmployeeChange(name="Someone Else")
-                view = await scheduling.change_employee(db, employee["id"], rename)
+                rename = schemas.EmployeeChange(name="Someone Else")
+                view = await service.change_employee(db, employee["id"], rename)
             else:
-                data = scheduling.ScheduleCreate.model_validate(
+                data = schemas.ScheduleCreate.model_validate(
                     {**NEW_SCHEDULE, "employee_id": employee["id"]}
                 )
-                view = await scheduling.create_schedule(db, data)
+                view = await service.create_schedule(db, data)
             # Inside the transaction the row changed and its job exists...
             assert view.version == (1 if edit == "create" else 2)
             assert view.last_job_id is not None
@@ -484,13 +511,17 @@ async def test_a_refusal_fails_at_once(
 
 
 async def test_without_a_base_url_syncs_fail_at_once_and_the_refresh_skips(
-    api: httpx.AsyncClient, db: DictConnection, sync_settings: Settings, db_url: str
+    api: httpx.AsyncClient,
+    db: DictConnection,
+    sync_settings: Settings,
+    db_url: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    unconfigured = sync_settings.model_copy(update={"scheduling_base_url": None})
+    monkeypatch.delenv("TASKHUB_SCHEDULING_BASE_URL")
     employee = await new_employee(api)
-    async with worker(unconfigured, db_url):
+    async with worker(sync_settings, db_url):
         job, _ = await finish(db, employee["last_job_id"])
-        refresh = await _defer_refresh(unconfigured, db_url, at=_utc(2030, 1, 1, 10, 0, 1))
+        refresh = await _defer_refresh(sync_settings, db_url, at=_utc(2030, 1, 1, 10, 0, 1))
         refreshed, _ = await finish(db, refresh[0])
     assert (job["status"], job["attempts"]) == ("failed", 1)
     [error] = await job_errors(db, employee["last_job_id"])
@@ -506,7 +537,7 @@ async def test_at_its_soft_time_limit_a_sync_stops_itself_and_says_why(
 ) -> None:
     """The steps called as the job calls them, with a soft limit short enough to reach."""
     remote.standin.inject(Fault.timeout(), route="POST /events")
-    patient = sync_settings.model_copy(update={"scheduling_timeout": 30})
+    patient = SchedulingSettings(base_url=remote.url, token=SecretStr(REMOTE_TOKEN), timeout=30)
     employee = await new_employee(api)
     schedule = await new_schedule(api, employee["id"])
 
@@ -515,7 +546,7 @@ async def test_at_its_soft_time_limit_a_sync_stops_itself_and_says_why(
         async with db.transaction():
             yield db
 
-    run = scheduling.SyncRun(
+    run = service.SyncRun(
         settings=patient,
         transaction=transaction,
         job_id=schedule["last_job_id"],
@@ -525,7 +556,7 @@ async def test_at_its_soft_time_limit_a_sync_stops_itself_and_says_why(
     )
     started = time.monotonic()
     with pytest.raises(SoftTimeLimitExceeded, match=r"soft time limit of 0\.5 s"):
-        await scheduling.sync_schedule(run, schedule["id"])
+        await service.sync_schedule(run, schedule["id"])
     assert time.monotonic() - started < 5
     row = await schedule_row(api, schedule["id"])
     # Retried by the policy: not failed yet, the reason on the row.
@@ -534,7 +565,7 @@ async def test_at_its_soft_time_limit_a_sync_stops_itself_and_says_why(
         "attempt 1: SoftTimeLimitExceeded: stopped itself at its soft time limit of 0.5 s"
     )
     assert run.is_final(SoftTimeLimitExceeded()) is False
-    assert scheduling.SyncRun(**{**vars(run), "attempt": 4}).is_final(SoftTimeLimitExceeded())
+    assert service.SyncRun(**{**vars(run), "attempt": 4}).is_final(SoftTimeLimitExceeded())
 
 
 # -- Deletes ----------------------------------------------------------------------------------
@@ -722,7 +753,7 @@ async def _refresh_jobs(db_url: str) -> list[int]:
     async with await psycopg.AsyncConnection.connect(db_url) as conn:
         cursor = await conn.execute(
             "SELECT id FROM procrastinate_jobs WHERE task_name = %s ORDER BY id",
-            (scheduling.REFRESH_EVENTS,),
+            (REFRESH_EVENTS,),
         )
         return [row[0] for row in await cursor.fetchall()]
 
