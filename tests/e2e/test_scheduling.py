@@ -1,9 +1,11 @@
-"""The schedule sync with real processes: `taskhub api`, `taskhub worker`, and the stand-in
-scheduling API served for real, which fails twice before it answers."""
+"""The schedule sync with real processes: `taskhub migrate --app`, `taskhub api`, `taskhub
+worker` with ``TASKHUB_APPS=backend.examples.scheduling``, and the stand-in scheduling API
+served for real, which fails twice before it answers."""
 
 from __future__ import annotations
 
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -12,14 +14,90 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from backend.standins.scheduling import Fault, SchedulingStandin
+from backend.examples.scheduling.standin import Fault, SchedulingStandin
 from backend.standins.server import serving
 from tests.conftest import OPERATE_TOKEN, bearer
-from tests.e2e.conftest import TaskhubProcess, clean_env, free_port, job_row
+from tests.e2e.conftest import TASKHUB, TaskhubProcess, clean_env, free_port, job_row
 
 pytestmark = pytest.mark.e2e
 
+APP = "backend.examples.scheduling"
 REMOTE_TOKEN = "remote-scheduling-token-0123456789"
+MIGRATION_SQL = (
+    Path(__file__).resolve().parents[2]
+    / "backend/examples/scheduling/migrations/sql/0001_scheduling.sql"
+)
+
+
+def migrate(url: str, cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [TASKHUB, "migrate", *args],
+        cwd=cwd,
+        env=clean_env(DATABASE_URL=url),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+def scheduling_objects(url: str) -> list[str]:
+    """What schema ``scheduling`` holds (tables, views, indexes), and the app's version."""
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT c.relkind::text || ' ' || c.relname FROM pg_class c"
+            " JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE n.nspname = 'scheduling' AND c.relkind IN ('r', 'v', 'i') ORDER BY 1"
+        ).fetchall()
+        version = conn.execute(
+            "SELECT to_regclass('alembic_version_scheduling') IS NOT NULL"
+        ).fetchone()
+        assert version is not None
+        if version[0]:
+            rows += conn.execute(
+                "SELECT 'version ' || version_num FROM alembic_version_scheduling"
+            ).fetchall()
+    return [row[0] for row in rows]
+
+
+def test_migrate_makes_the_scheduling_schema_only_with_the_app(
+    tmp_path: Path, empty_db_url: str
+) -> None:
+    migrate(empty_db_url, tmp_path)
+    assert scheduling_objects(empty_db_url) == []
+    with psycopg.connect(empty_db_url) as conn:
+        schema = conn.execute("SELECT to_regnamespace('scheduling')").fetchone()
+    assert schema == (None,)
+
+    migrate(empty_db_url, tmp_path, "--app", APP)
+    made = scheduling_objects(empty_db_url)
+    assert "r employees" in made
+    assert "v schedule_overview" in made
+    assert made[-1] == "version 0001"
+
+    migrate(empty_db_url, tmp_path, "--app", APP)
+    assert scheduling_objects(empty_db_url) == made
+
+
+def test_migrate_adopts_the_tables_taskhub_0008_made(tmp_path: Path, empty_db_url: str) -> None:
+    """A database from before the example was an app: taskhub's 0008 made the tables (the
+    same SQL without IF NOT EXISTS); the app's first revision keeps them and their rows."""
+    migrate(empty_db_url, tmp_path)
+    old_0008 = (
+        MIGRATION_SQL.read_text(encoding="utf-8")
+        .replace(" IF NOT EXISTS", "")
+        .replace(" OR REPLACE", "")
+    )
+    with psycopg.connect(empty_db_url, autocommit=True) as conn:
+        conn.execute(old_0008.encode())
+        conn.execute("INSERT INTO scheduling.employees (code, name) VALUES ('E1001', 'Dana')")
+
+    migrate(empty_db_url, tmp_path, "--app", APP)
+    assert "version 0001" in scheduling_objects(empty_db_url)
+    with psycopg.connect(empty_db_url) as conn:
+        names = conn.execute("SELECT name FROM scheduling.employee_overview").fetchall()
+    assert names == [("Dana",)]
 
 
 def run_through_retries(db_url: str, job_id: int, timeout: float = 60) -> dict[str, object]:
@@ -47,8 +125,10 @@ def test_a_worker_process_makes_one_event_through_a_lost_answer_and_a_500(
     with serving(standin.app) as remote_url:
         port = free_port()
         base = f"http://127.0.0.1:{port}"
+        migrate(db_url, tmp_path, "--app", APP)
         env = clean_env(
             DATABASE_URL=db_url,
+            TASKHUB_APPS=APP,
             TASKHUB_TOKENS=f"ops=operate:{OPERATE_TOKEN}",
             TASKHUB_SCHEDULING_BASE_URL=remote_url,
             TASKHUB_SCHEDULING_TOKEN=REMOTE_TOKEN,
