@@ -1,4 +1,9 @@
-"""The ERP sync: the REST endpoints, a real worker, a real stand-in ERP under uvicorn."""
+"""The ERP sync example: the REST endpoints, a real worker, a real stand-in ERP under uvicorn.
+
+The example is an app (``backend.examples.erp``): each test's database is migrated with it,
+the API loads it as ``--app`` would, and the worker serves its blueprint beside taskhub's.
+The worker reads ``ErpSettings`` from ``TASKHUB_ERP_*``, set per test.
+"""
 
 from __future__ import annotations
 
@@ -16,22 +21,36 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from backend import defer, erp
+from backend import defer
 from backend.api import create_app
 from backend.db import DictConnection
+from backend.declare.apps import load_apps
 from backend.declare.policy import Retry
 from backend.declare.registry import TaskBlueprint, TaskDefinition
-from backend.queries import QUERIES
+from backend.examples.erp import app as erp_app
+from backend.examples.erp import service as erp
+from backend.examples.erp import tasks as erp_tasks
+from backend.examples.erp.settings import ErpSettings
+from backend.examples.erp.standin import ErpStandin, demo_app
+from backend.examples.erp.tasks import RETRY, sync_assets
+from backend.process import migrate
 from backend.settings import Settings, load_settings
-from backend.standins.erp import ErpStandin, demo_app
 from backend.standins.server import serving
 from backend.tasks.builtin import ping
-from backend.tasks.erp import RETRY, sync_assets
 from tests.conftest import BLUEPRINTS, READ_TOKEN, TOKENS, bearer, count_jobs, eventually
 from tests.integration.conftest import running_api, running_worker
 
 ERP_TOKEN = "erp-standin-token-0123456789"
 TERMINAL = {"SUCCESS", "FAILURE", "REVOKED"}
+APP = "backend.examples.erp"
+#: taskhub's tasks and the example's, as a worker started with `--app backend.examples.erp`.
+ERP_BLUEPRINTS = (*BLUEPRINTS, erp_tasks.blueprint)
+
+
+@pytest.fixture(autouse=True)
+def erp_schema(db_url: str) -> None:
+    """The test's database with the app's migrations too (the template has taskhub's only)."""
+    migrate.upgrade(db_url, apps=[erp_app])
 
 
 @pytest.fixture
@@ -45,37 +64,54 @@ def erp_url(standin: ErpStandin) -> Iterator[str]:
         yield url
 
 
-def erp_settings(settings: Settings, erp_url: str | None, **changes: Any) -> Settings:
-    """The test's settings, pointed at the stand-in ERP, with fast polling for retries."""
-    base: dict[str, Any] = {
-        "database_url": settings.database_url,
-        "data_dir": settings.data_dir,
-        "tokens": TOKENS,
-        "erp_base_url": erp_url,
-        "erp_token": ERP_TOKEN,
-        "erp_page_size": 500,
-        "erp_timeout": 5,
-        "fetch_polling_interval": 0.1,
-    }
-    return load_settings(**(base | changes))
+def point_at_erp(
+    monkeypatch: pytest.MonkeyPatch, erp_url: str | None, **changes: str | None
+) -> None:
+    """``TASKHUB_ERP_*`` for the stand-in ERP (``ErpSettings``), ``changes`` by field name."""
+    values = {"base_url": erp_url, "token": ERP_TOKEN, "page_size": "500", "timeout": "5"}
+    for name, value in (values | changes).items():
+        if value is None:
+            monkeypatch.delenv(f"TASKHUB_ERP_{name.upper()}", raising=False)
+        else:
+            monkeypatch.setenv(f"TASKHUB_ERP_{name.upper()}", value)
 
 
 @pytest.fixture
-def sync_settings(settings: Settings, erp_url: str) -> Settings:
-    return erp_settings(settings, erp_url)
+def sync_settings(settings: Settings, erp_url: str, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """The test's settings with fast polling for retries; the ERP's in the environment."""
+    point_at_erp(monkeypatch, erp_url)
+    return fast_settings(settings)
+
+
+def fast_settings(settings: Settings) -> Settings:
+    return load_settings(
+        database_url=settings.database_url,
+        data_dir=settings.data_dir,
+        tokens=TOKENS,
+        fetch_polling_interval=0.1,
+    )
+
+
+def erp_api(
+    settings: Settings, db_url: str
+) -> contextlib.AbstractAsyncContextManager[httpx.AsyncClient]:
+    """The API with the example's app loaded, as `taskhub api --app backend.examples.erp`."""
+    return running_api(create_app(settings, db_url, apps=load_apps(settings, [APP])))
 
 
 @pytest.fixture
 async def api(sync_settings: Settings, db_url: str) -> AsyncIterator[httpx.AsyncClient]:
-    async with running_api(create_app(sync_settings, db_url)) as client:
+    async with erp_api(sync_settings, db_url) as client:
         yield client
 
 
 def with_retry(*definitions: TaskDefinition[Any], **changes: Any) -> TaskBlueprint:
-    """A blueprint with the ERP tasks under another policy (a quick retry instead of minutes)."""
+    """A blueprint with the ERP tasks under another policy (a quick retry instead of minutes);
+    what it leaves unset still comes from the app's defaults."""
     blueprint = TaskBlueprint()
     for definition in definitions:
-        blueprint.tasks[definition.name] = dataclasses.replace(definition, **changes)
+        declared = dataclasses.replace(definition.declared, **changes)
+        blueprint.tasks[definition.name] = dataclasses.replace(definition, declared=declared)
     return blueprint
 
 
@@ -83,7 +119,7 @@ def erp_worker(
     settings: Settings, db_url: str, *blueprints: TaskBlueprint
 ) -> contextlib.AbstractAsyncContextManager[None]:
     return running_worker(
-        settings, db_url, queues=["erp_sync"], blueprints=blueprints or BLUEPRINTS
+        settings, db_url, queues=["erp_sync"], blueprints=blueprints or ERP_BLUEPRINTS
     )
 
 
@@ -393,12 +429,17 @@ async def test_an_erp_that_keeps_failing_fails_the_job(
 
 
 async def test_an_erp_timeout_is_retried_with_the_error_visible(
-    conn: DictConnection, standin: ErpStandin, settings: Settings, erp_url: str, db_url: str
+    conn: DictConnection,
+    standin: ErpStandin,
+    sync_settings: Settings,
+    db_url: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    slow = erp_settings(settings, erp_url, erp_timeout=0.3)
+    monkeypatch.setenv("TASKHUB_ERP_TIMEOUT", "0.3")
+    slow = sync_settings
     standin.seed(assets=100, locations=0)
     standin.fail("assets", page=1, status=None, delay=2)  # answers, but too late
-    async with running_api(create_app(slow, db_url)) as api:
+    async with erp_api(slow, db_url) as api:
         task_id = await start(api)
         async with erp_worker(slow, db_url):
             retrying = (await follow(api, task_id, until={"RETRY", *TERMINAL}))[-1]
@@ -413,11 +454,16 @@ async def test_an_erp_timeout_is_retried_with_the_error_visible(
 
 
 async def test_a_wrong_erp_token_fails_at_once(
-    conn: DictConnection, standin: ErpStandin, settings: Settings, erp_url: str, db_url: str
+    conn: DictConnection,
+    standin: ErpStandin,
+    sync_settings: Settings,
+    db_url: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    wrong = erp_settings(settings, erp_url, erp_token="not-the-erp-token")
+    monkeypatch.setenv("TASKHUB_ERP_TOKEN", "not-the-erp-token")
+    wrong = sync_settings
     standin.seed(assets=100, locations=0)
-    async with running_api(create_app(wrong, db_url)) as api:
+    async with erp_api(wrong, db_url) as api:
         task_id = await start(api)
         async with erp_worker(wrong, db_url):
             done = (await follow(api, task_id))[-1]
@@ -482,7 +528,7 @@ async def test_past_the_soft_time_limit_the_sync_stops_and_a_retry_resumes(
 
 
 async def test_a_superseded_run_stops_and_writes_nothing_more(
-    conn: DictConnection, standin: ErpStandin, sync_settings: Settings, db_url: str
+    conn: DictConnection, standin: ErpStandin, erp_url: str, db_url: str
 ) -> None:
     """A presumed-dead attempt that wakes up finds its run failed by a later one: it stops."""
     standin.seed(assets=3_000, locations=0)
@@ -499,7 +545,7 @@ async def test_a_superseded_run_stops_and_writes_nothing_more(
     job = erp.SyncJob(
         kind="assets",
         force_full_sync=True,
-        settings=sync_settings,
+        settings=ErpSettings(base_url=erp_url, token=ERP_TOKEN, page_size=500),
         job_id=None,
         attempt=None,
         transaction=transaction,
@@ -513,7 +559,7 @@ async def test_a_superseded_run_stops_and_writes_nothing_more(
 
     await eventually(one_page_committed)
     # What the next attempt's start does.
-    await conn.execute(QUERIES["erp_fail_interrupted_runs"], {"kind": "assets", "job_id": None})
+    await conn.execute(erp.QUERIES["erp_fail_interrupted_runs"], {"kind": "assets", "job_id": None})
     await conn.commit()
     with pytest.raises(erp.RunSuperseded):
         await zombie
@@ -563,7 +609,7 @@ async def test_unknown_task_ids_are_404(api: httpx.AsyncClient, conn: DictConnec
 async def test_auth_like_the_other_endpoints(
     sync_settings: Settings, db_url: str, conn: DictConnection
 ) -> None:
-    app = create_app(sync_settings, db_url)
+    app = create_app(sync_settings, db_url, apps=load_apps(sync_settings, [APP]))
     async with running_api(app, token=None) as anonymous:
         assert (await anonymous.post("/erp/sync-assets")).status_code == 401
         assert (await anonymous.get("/erp/task-status/1")).status_code == 401
@@ -590,10 +636,11 @@ async def test_auth_like_the_other_endpoints(
 
 
 async def test_without_an_erp_configured_the_job_fails_saying_what_to_set(
-    settings: Settings, db_url: str, conn: DictConnection
+    settings: Settings, db_url: str, conn: DictConnection, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    unconfigured = erp_settings(settings, None)
-    async with running_api(create_app(unconfigured, db_url)) as api:
+    point_at_erp(monkeypatch, None, token=None)
+    unconfigured = fast_settings(settings)
+    async with erp_api(unconfigured, db_url) as api:
         task_id = await start(api)
         async with erp_worker(unconfigured, db_url):
             done = (await follow(api, task_id))[-1]
