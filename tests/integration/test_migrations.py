@@ -8,6 +8,7 @@ import subprocess
 import psycopg
 from procrastinate.schema import SchemaManager
 
+from backend.examples.scheduling import app as scheduling_app
 from backend.process import migrate
 from backend.process.embedded import BIN_DIR
 
@@ -100,3 +101,24 @@ def test_upgrade_is_idempotent(db_url: str) -> None:
     before = schema_dump(db_url)
     migrate.upgrade(db_url)
     assert schema_dump(db_url) == before
+
+
+def has_schema(url: str, name: str) -> bool:
+    with psycopg.connect(url) as conn:
+        row = conn.execute("SELECT to_regnamespace(%s) IS NOT NULL", (name,)).fetchone()
+    assert row is not None
+    return bool(row[0])
+
+
+def test_the_scheduling_example_schema_comes_only_with_its_app(empty_db_url: str) -> None:
+    """Revision 0008 made it once; now it is the scheduling app's, made where it is enabled."""
+    migrate.upgrade(empty_db_url)
+    assert not has_schema(empty_db_url, "scheduling")
+    migrate.upgrade(empty_db_url, apps=[scheduling_app])
+    assert has_schema(empty_db_url, "scheduling")
+    migrate.downgrade(empty_db_url, "base", apps=[scheduling_app])
+    assert not has_schema(empty_db_url, "scheduling")
+    assert public_objects(empty_db_url) == [
+        "table alembic_version",
+        "table alembic_version_scheduling",
+    ]
