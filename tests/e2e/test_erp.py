@@ -1,7 +1,12 @@
-"""The ERP sync across real processes: `taskhub api`, `taskhub worker`, a stand-in ERP server."""
+"""The ERP sync across real processes: `taskhub api`, `taskhub worker`, a stand-in ERP server.
+
+The example is an app: `taskhub migrate --app backend.examples.erp` creates its schema, and
+the API and the workers load it from TASKHUB_APPS.
+"""
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,14 +17,15 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from backend.standins.erp import ErpStandin
+from backend.examples.erp.standin import ErpStandin
 from backend.standins.server import serving
 from tests.conftest import OPERATE_TOKEN, bearer
-from tests.e2e.conftest import TaskhubProcess, clean_env, free_port, job_row
+from tests.e2e.conftest import TASKHUB, TaskhubProcess, clean_env, free_port, job_row
 
 pytestmark = pytest.mark.e2e
 
 ERP_TOKEN = "erp-standin-token-0123456789"
+APP = "backend.examples.erp"
 HEADERS = bearer(OPERATE_TOKEN)
 #: Fast heartbeats and a rescue every second, so a killed worker's job is back in seconds.
 FAST_RESCUE = {
@@ -43,14 +49,68 @@ def erp_url(standin: ErpStandin) -> Iterator[str]:
         yield url
 
 
-def environment(db_url: str, erp_url: str) -> dict[str, str]:
-    return clean_env(
+def run_cli(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [TASKHUB, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+def environment(db_url: str, erp_url: str, cwd: Path) -> dict[str, str]:
+    """The app enabled, pointed at the stand-in ERP; the database migrated with the app."""
+    env = clean_env(
         DATABASE_URL=db_url,
+        TASKHUB_APPS=APP,
         TASKHUB_TOKENS=f"ops=operate:{OPERATE_TOKEN}",
         TASKHUB_ERP_BASE_URL=erp_url,
         TASKHUB_ERP_TOKEN=ERP_TOKEN,
         **FAST_RESCUE,
     )
+    migrated = run_cli(["migrate", "--app", APP], cwd, clean_env(DATABASE_URL=db_url))
+    assert migrated.returncode == 0, migrated.stdout + migrated.stderr
+    return env
+
+
+def has_schema(url: str, name: str) -> bool:
+    with psycopg.connect(url) as conn:
+        row = conn.execute("SELECT to_regnamespace(%s) IS NOT NULL", (name,)).fetchone()
+    assert row is not None
+    return bool(row[0])
+
+
+def app_revision(url: str) -> str | None:
+    with psycopg.connect(url) as conn:
+        if conn.execute("SELECT to_regclass('alembic_version_erp')").fetchone() == (None,):
+            return None
+        row = conn.execute("SELECT version_num FROM alembic_version_erp").fetchone()
+    return str(row[0]) if row else None
+
+
+def test_migrate_creates_the_erp_schema_only_with_the_app(
+    tmp_path: Path, empty_db_url: str
+) -> None:
+    env = clean_env(DATABASE_URL=empty_db_url)
+    plain = run_cli(["migrate"], tmp_path, env)
+    assert plain.returncode == 0, plain.stderr
+    assert not has_schema(empty_db_url, "erp"), "taskhub alone makes no erp schema"
+    assert app_revision(empty_db_url) is None
+
+    enabled = run_cli(["migrate", "--app", APP], tmp_path, env)
+    assert enabled.returncode == 0, enabled.stderr
+    assert "(and the schemas of erp)" in enabled.stdout
+    assert has_schema(empty_db_url, "erp")
+    assert app_revision(empty_db_url) == "0001"
+
+    with psycopg.connect(empty_db_url) as conn:
+        conn.execute(
+            "INSERT INTO erp.locations (erp_id, code, name, erp_updated_at)"
+            " VALUES ('L1', 'LOC-1', 'kept', now())"
+        )
+    again = run_cli(["migrate"], tmp_path, env | {"TASKHUB_APPS": APP})
+    assert again.returncode == 0, again.stderr
+    assert app_revision(empty_db_url) == "0001"
+    with psycopg.connect(empty_db_url) as conn:
+        names = conn.execute("SELECT name FROM erp.locations").fetchall()
+    assert names == [("kept",)], "a second migrate changes nothing"
 
 
 def start_api(spawn: type[TaskhubProcess], cwd: Path, env: dict[str, str]) -> str:
@@ -95,7 +155,7 @@ def test_a_10000_asset_sync_through_the_api_and_a_worker(
     spawn: type[TaskhubProcess], tmp_path: Path, db_url: str, standin: ErpStandin, erp_url: str
 ) -> None:
     standin.page_delay = 0.05
-    env = environment(db_url, erp_url)
+    env = environment(db_url, erp_url, tmp_path)
     base = start_api(spawn, tmp_path, env)
     response = httpx.post(f"{base}/erp/sync-assets?force_full_sync=false", headers=HEADERS)
     assert response.status_code == 202, response.text
@@ -131,7 +191,7 @@ def test_kill_9_mid_sync_the_sync_is_rescued_and_finishes_without_duplicates(
     spawn: type[TaskhubProcess], tmp_path: Path, db_url: str, standin: ErpStandin, erp_url: str
 ) -> None:
     standin.page_delay = 0.15  # 20 pages: about 3 s, time to kill the worker midway
-    env = environment(db_url, erp_url)
+    env = environment(db_url, erp_url, tmp_path)
     base = start_api(spawn, tmp_path, env)
     task_id = httpx.post(f"{base}/erp/sync-assets", headers=HEADERS).json()["task_id"]
     # --processes 1: the worker itself dies, not a supervisor whose children stop gracefully.
