@@ -653,6 +653,32 @@ async def test_without_an_erp_configured_the_job_fails_saying_what_to_set(
     assert (run.status, run.error) == ("failed", done["error"].removeprefix("ErpNotConfigured: "))
 
 
+# -- the app's migrations --------------------------------------------------------------------
+
+
+def test_the_app_adopts_the_tables_taskhubs_old_revision_0007_made(empty_db_url: str) -> None:
+    """Before the example became an app, taskhub's revision 0007 created erp.*; the app's
+    first revision finds them (IF NOT EXISTS) and keeps their rows."""
+    migrate.upgrade(empty_db_url)
+    with psycopg.connect(empty_db_url, autocommit=True) as conn:
+        assert conn.execute("SELECT to_regnamespace('erp')").fetchone() == (None,)
+        assert erp_app.migrations is not None
+        sql = (erp_app.migrations / "sql" / "0001_erp.sql").read_text(encoding="utf-8")
+        conn.execute(sql.replace(" IF NOT EXISTS", ""))  # what revision 0007 ran
+        conn.execute(
+            "INSERT INTO erp.locations (erp_id, code, name, erp_updated_at)"
+            " VALUES ('L1', 'LOC-1', 'synced before', now())"
+        )
+    migrate.upgrade(empty_db_url, apps=[erp_app])
+    migrate.upgrade(empty_db_url, apps=[erp_app])
+    with psycopg.connect(empty_db_url) as conn:
+        assert conn.execute("SELECT version_num FROM alembic_version_erp").fetchall() == [("0001",)]
+        assert conn.execute("SELECT name FROM erp.locations").fetchall() == [("synced before",)]
+    migrate.downgrade(empty_db_url, "base", apps=[erp_app])
+    with psycopg.connect(empty_db_url) as conn:
+        assert conn.execute("SELECT to_regnamespace('erp')").fetchone() == (None,)
+
+
 # -- the stand-in ERP itself -----------------------------------------------------------------
 
 
