@@ -461,11 +461,19 @@ def _api_auth(settings: Settings) -> tuple[str, str]:
 
 
 def _serve_demo(settings: Settings) -> None:
-    """``taskhub up --demo``: the examples' stand-ins beside the API and the worker."""
-    from backend.standins.demo import demo_standins
+    """``taskhub up --demo``: both example apps, each with its stand-in served beside."""
+    from backend.examples.demo import TRY_LINES, demo
 
-    with demo_standins(settings) as (demo, lines):
-        _serve(demo, load_apps(demo), api=True, worker=True, migrate_first=True, demo_lines=lines)
+    with demo(settings) as (with_examples, lines):
+        _serve(
+            with_examples,
+            load_apps(with_examples),
+            api=True,
+            worker=True,
+            migrate_first=True,
+            demo_lines=lines,
+            demo_try=TRY_LINES,
+        )
 
 
 def _serve(
@@ -476,6 +484,7 @@ def _serve(
     worker: bool,
     migrate_first: bool,
     demo_lines: Sequence[str] = (),
+    demo_try: Sequence[str] = (),
     quiet: bool = False,
 ) -> None:
     """Run the API and/or the workers until a signal; ``quiet`` (a supervised worker process)
@@ -525,12 +534,8 @@ def _serve(
                     '-d \'{"task": "taskhub.ping", "args": {"message": "hello"}}\'',
                     f"  curl -s {auth} '{base}/jobs?task=taskhub.ping&limit=1'",
                 ]
-            if api and demo_lines:
-                lines += [
-                    "Sync the demo ERP's assets, then poll the status with the task_id it answers:",
-                    f"  curl -s -X POST {auth} {base}/erp/sync-assets",
-                    f"  curl -s {auth} {base}/erp/task-status/TASK_ID",
-                ]
+            if api:
+                lines += [line.format(auth=auth, base=base) for line in demo_try]
             lines.append("Stop with Ctrl-C.")
             print("\n".join(lines), flush=True)
 

@@ -14,7 +14,7 @@ from typing import Annotated
 from urllib.parse import urlsplit
 
 import psycopg.conninfo
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from backend.auth import ApiToken, generated_admin_token, parse_tokens
@@ -157,24 +157,6 @@ class Settings(BaseSettings):
         description="Directory with pg_dump and pg_restore; found automatically when unset.",
     )
 
-    erp_base_url: str | None = Field(
-        default=None, description="Base URL of the ERP HTTP API the ERP sync pages through."
-    )
-    erp_token: SecretStr | None = Field(
-        default=None, description="Bearer token for the ERP API (never logged)."
-    )
-    erp_page_size: int = Field(default=500, ge=1, le=10_000, description="Records per ERP page.")
-    erp_timeout: float = Field(default=30, gt=0, le=600, description="Seconds per ERP request.")
-    scheduling_base_url: str | None = Field(
-        default=None, description="Base URL of the external scheduling API schedules sync to."
-    )
-    scheduling_token: SecretStr | None = Field(
-        default=None, description="Bearer token for the external scheduling API (never logged)."
-    )
-    scheduling_timeout: float = Field(
-        default=30, gt=0, le=600, description="Seconds per scheduling API request."
-    )
-
     @field_validator("rescue_after")
     @classmethod
     def _rescue_after_heartbeats(cls, value: float, info: object) -> float:
@@ -249,15 +231,6 @@ class Settings(BaseSettings):
         """The configured tokens, or the generated admin token when there are none."""
         return parse_tokens(self.tokens) or [generated_admin_token(self.data_dir)]
 
-    @field_validator("erp_base_url", "scheduling_base_url")
-    @classmethod
-    def _check_base_url(cls, value: str | None) -> str | None:
-        if value is None or value == "":
-            return None
-        if not value.startswith(("http://", "https://")):
-            raise ValueError("must start with http:// or https://")
-        return value.rstrip("/")
-
     @field_validator("database_url")
     @classmethod
     def _check_database_url(cls, value: str | None) -> str | None:
@@ -324,7 +297,7 @@ def load_settings(**overrides: object) -> Settings:
     except ValidationError as exc:
         first = exc.errors()[0]
         field = str(first["loc"][0]) if first["loc"] else "settings"
-        hidden = field in ("tokens", "erp_token", "scheduling_token")
+        hidden = field == "tokens"
         value = "<hidden>" if hidden else repr(first.get("input"))
         message = first["msg"].removeprefix("Value error, ")
         raise SettingsError(f"invalid setting {env_name(field)}={value}: {message}") from None

@@ -34,8 +34,6 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from pydantic import SecretStr
-
 import backend
 from backend.errors import TaskhubError
 from backend.runtime.lifetime import signal_on_parent_death
@@ -87,8 +85,6 @@ def describe_exit(code: int) -> str:
 
 
 def _env_value(value: object) -> str:
-    if isinstance(value, SecretStr):
-        return value.get_secret_value()
     if isinstance(value, str):
         return value
     if isinstance(value, list | bool):

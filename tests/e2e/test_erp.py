@@ -18,7 +18,7 @@ import pytest
 from psycopg.rows import dict_row
 
 from backend.examples.erp.standin import ErpStandin
-from backend.standins.server import serving
+from backend.examples.serving import serving
 from tests.conftest import OPERATE_TOKEN, bearer
 from tests.e2e.conftest import TASKHUB, TaskhubProcess, clean_env, free_port, job_row
 

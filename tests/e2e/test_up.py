@@ -13,7 +13,7 @@ import httpx
 import psutil
 import pytest
 
-from backend.standins.demo import DEMO_ASSETS
+from backend.examples.erp.demo import DEMO_ASSETS
 from tests.e2e.conftest import (
     TASKHUB,
     TaskhubProcess,

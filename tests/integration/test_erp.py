@@ -33,9 +33,9 @@ from backend.examples.erp import tasks as erp_tasks
 from backend.examples.erp.settings import ErpSettings
 from backend.examples.erp.standin import ErpStandin, demo_app
 from backend.examples.erp.tasks import RETRY, sync_assets
+from backend.examples.serving import serving
 from backend.process import migrate
 from backend.settings import Settings, load_settings
-from backend.standins.server import serving
 from backend.tasks.builtin import ping
 from tests.conftest import BLUEPRINTS, READ_TOKEN, TOKENS, bearer, count_jobs, eventually
 from tests.integration.conftest import running_api, running_worker

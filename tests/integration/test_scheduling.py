@@ -33,12 +33,12 @@ from backend.examples.scheduling import tasks as scheduling_tasks
 from backend.examples.scheduling.blueprint import QUEUE, REFRESH_EVENTS
 from backend.examples.scheduling.settings import SchedulingSettings
 from backend.examples.scheduling.standin import Fault, SchedulingStandin
+from backend.examples.serving import serving
 from backend.process import migrate
 from backend.runtime.app import build_task_app
 from backend.runtime.isolation import SoftTimeLimitExceeded
 from backend.runtime.periodic import ZonedDeferrer
 from backend.settings import Settings
-from backend.standins.server import serving
 from tests.conftest import BLUEPRINTS, eventually
 from tests.integration.conftest import running_api, running_worker
 

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import psutil
 import pytest
-from pydantic import SecretStr
 
 from backend import cli
 from backend.errors import SettingsError
@@ -120,7 +119,7 @@ def test_invalid_worker_processes_names_the_variable(
 
 
 def test_children_get_the_parents_settings(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Options and `up --demo`'s stand-ins reach the children; the URL comes resolved."""
+    """Options, the apps and the tokens reach the children; the URL comes resolved."""
     monkeypatch.setenv("TASKHUB_HEARTBEAT_INTERVAL", "0.5")
     monkeypatch.setenv("taskhub_rescue_after", "2")  # read in any case, so dropped in any case
     parent = load_settings(
@@ -129,7 +128,8 @@ def test_children_get_the_parents_settings(monkeypatch: pytest.MonkeyPatch) -> N
         worker_processes=4,
         data_dir=Path("/srv/taskhub"),
         shutdown_grace_period=2.5,
-    ).model_copy(update={"erp_base_url": "http://127.0.0.1:9", "erp_token": SecretStr("s3")})
+        tokens="ops=operate:s3-0123456789abcdef",
+    ).model_copy(update={"apps": ["acme.jobs", "other.jobs:app"]})
     env = supervisor.child_environment(parent, URL, base={**os.environ, "PYTHONPATH": "/x"})
 
     assert "taskhub_rescue_after" not in env
@@ -142,8 +142,8 @@ def test_children_get_the_parents_settings(monkeypatch: pytest.MonkeyPatch) -> N
         monkeypatch.setenv(name, value)
     child = load_settings()
     assert child == parent.model_copy(update={"database_url": URL, "worker_processes": 1})
-    assert child.erp_token is not None
-    assert child.erp_token.get_secret_value() == "s3"
+    assert child.apps == ["acme.jobs", "other.jobs:app"]
+    assert child.tokens == "ops=operate:s3-0123456789abcdef"
 
 
 def test_the_child_command_is_one_supervised_worker() -> None:

@@ -6,8 +6,11 @@ import contextlib
 from collections.abc import Iterator
 
 from backend.examples.erp.standin import demo_app
-from backend.standins.demo import DEMO_ASSETS, DEMO_LOCATIONS, DEMO_PAGE_DELAY
-from backend.standins.server import serving
+from backend.examples.serving import serving
+
+DEMO_ASSETS = 3_000
+DEMO_LOCATIONS = 60
+DEMO_PAGE_DELAY = 0.2  # seconds per ERP page: slow enough to watch the progress move
 
 
 @contextlib.contextmanager

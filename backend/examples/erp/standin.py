@@ -7,7 +7,7 @@ number of requests or for good, to show retries, timeouts and rescues::
     standin = ErpStandin(token="erp-demo-token-0123")
     standin.seed(assets=10_000, locations=200)
     standin.fail("assets", page=3, status=500, times=1)  # the first request of page 3 fails
-    app = standin.app()  # serve it: backend.standins.server.serving(app), or uvicorn
+    app = standin.app()  # serve it: backend.examples.serving.serving(app), or uvicorn
 
     app = demo_app(assets=10_000, locations=200, token="...")  # the same, in one call
 

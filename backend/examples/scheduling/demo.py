@@ -6,7 +6,7 @@ import contextlib
 from collections.abc import Iterator
 
 from backend.examples.scheduling.standin import SchedulingStandin
-from backend.standins.server import serving
+from backend.examples.serving import serving
 
 
 @contextlib.contextmanager

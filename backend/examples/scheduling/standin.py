@@ -1,6 +1,6 @@
 """A stand-in for the external scheduling API schedules sync to (Crossmark in the seed).
 
-A real HTTP service (serve it with :func:`backend.standins.server.serving`) that keeps events
+A real HTTP service (serve it with :func:`backend.examples.serving.serving`) that keeps events
 and employees in memory, checks a bearer token, honours ``Idempotency-Key`` on event creation,
 and fails on demand: ``standin.inject(Fault.error(500), Fault.timeout(), route="POST /events")``
 makes the next matching requests answer 500, or do their work and then hold the answer back
