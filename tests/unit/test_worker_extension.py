@@ -1,67 +1,196 @@
-"""Pins what backend/runtime/worker.py relies on in procrastinate's (private) worker API.
+"""What backend/runtime/ relies on in procrastinate's (private) worker and periodic deferrer.
 
-If a procrastinate release changes these, this fails first, with a clear reason, before
-any integration test shows lost results or errors.
+Each test runs procrastinate's own code (on its ``InMemoryConnector``) with taskhub's
+overrides in place and checks that procrastinate still calls them as they expect: if a
+procrastinate release changes these, this fails first, with a clear reason, before any
+integration test shows lost results or errors. tests/integration/test_runtime_procrastinate.py
+runs the whole worker on PostgreSQL; docs/worker.md lists which test pins which override.
 """
 
 from __future__ import annotations
 
 import asyncio
-import inspect
+import datetime
 import logging
+import types
+import zoneinfo
+from collections.abc import AsyncIterator, Iterable
 
-from procrastinate import JobContext
-from procrastinate.periodic import PeriodicDeferrer
-from procrastinate.worker import Worker
+import procrastinate
+import pytest
+from procrastinate import jobs
+from procrastinate.periodic import PeriodicDeferrer, TaskAtTime
+from procrastinate.testing import InMemoryConnector
 
+from backend.runtime.periodic import ZonedDeferrer
 from backend.runtime.worker import RoutineJobLines, Signal, TaskhubWorker, WakeEvent, wait_first
 
-
-def test_persist_job_status_signature_is_the_one_we_override() -> None:
-    ours = list(inspect.signature(TaskhubWorker._persist_job_status).parameters)
-    theirs = list(inspect.signature(Worker._persist_job_status).parameters)
-    assert ours == theirs == ["self", "job", "status", "retry_decision", "context", "job_result"]
+RAN: list[str] = []  # the tasks' own runs, by job token
+STARTED = asyncio.Event()  # a run of pins.sleep has begun
 
 
-def test_process_job_is_the_one_our_copy_follows() -> None:
-    """TaskhubWorker._process_job is a copy of procrastinate 3.10's: on an upgrade that
-    changes it, compare the two and copy the change."""
-    source = inspect.getsource(Worker._process_job)
-    for step in (
-        "self._persist_job_status(",
-        "self.worker_middleware",  # track_job is a worker middleware
-        "self._resolve_task_middlewares(task, task_is_async)",
-        "task.get_retry_exception(exception=e, job=job)",
-        "context.abort_reason() == job_context.AbortReason.SHUTDOWN",
-        "self._log_job_outcome(",
-        "asyncio.shield(persist_job_status_task)",
-    ):
-        assert step in source, step
-    parameters = list(inspect.signature(Worker._resolve_task_middlewares).parameters)
-    assert parameters == ["self", "task", "task_is_async"]
+def in_memory_app() -> procrastinate.App:
+    app = procrastinate.App(connector=InMemoryConnector())
+
+    @app.task(name="pins.sleep", queue="pins", pass_context=True)
+    async def sleep(context: procrastinate.JobContext, token: str) -> None:
+        RAN.append(token)
+        STARTED.set()
+        await asyncio.sleep(60)
+
+    return app
 
 
-def test_the_listener_is_started_through_the_method_we_override() -> None:
-    source = inspect.getsource(Worker._start_side_tasks)
-    assert "self.app.job_manager.listen_for_jobs(" in source
-    assert "on_notification=self._handle_notification" in source
-    parameters = inspect.signature(Worker._handle_notification).parameters
-    assert list(parameters) == ["self", "channel", "notification"]
+@pytest.fixture
+async def worker() -> AsyncIterator[TaskhubWorker]:
+    """A TaskhubWorker on procrastinate's in-memory connector, registered, not running.
+
+    ``delete_jobs="successful"`` sends outcomes through procrastinate's own
+    ``_persist_job_status`` (there is no finish batch without PostgreSQL).
+    """
+    global STARTED
+    RAN.clear()
+    STARTED = asyncio.Event()  # on this test's event loop
+    app = in_memory_app()
+    async with app.open_async():
+        taskhub_worker = TaskhubWorker(
+            app=app, install_signal_handlers=False, delete_jobs="successful"
+        )
+        taskhub_worker.worker_id = await app.job_manager.register_worker()
+        yield taskhub_worker
+        for task in list(taskhub_worker._running_jobs):
+            task.cancel()
 
 
-def test_worker_options_we_pass_exist() -> None:
-    parameters = inspect.signature(Worker.__init__).parameters
-    for name in ("worker_middleware", "additional_context", "install_signal_handlers"):
-        assert name in parameters
+async def fetch(worker: TaskhubWorker, token: str) -> jobs.Job:
+    """A job of pins.sleep, now ``doing`` for ``worker`` as a fetch leaves it."""
+    await worker.app.tasks["pins.sleep"].defer_async(token=token)
+    assert worker.worker_id is not None
+    job = await worker.app.job_manager.fetch_job(queues=None, worker_id=worker.worker_id)
+    assert job is not None
+    return job
 
 
-def test_job_context_carries_a_per_job_dict() -> None:
-    assert "additional_context" in {field.name for field in JobContext.__attrs_attrs__}
+def status(worker: TaskhubWorker, job: jobs.Job) -> str:
+    connector = worker.app.connector
+    assert isinstance(connector, InMemoryConnector)
+    assert job.id is not None
+    return str(connector.jobs[job.id]["status"])
 
 
-def test_the_new_job_event_is_the_one_the_loop_waits_on() -> None:
-    for method in (Worker._run_loop, Worker._fetch_and_process_jobs, Worker._handle_notification):
-        assert "self._new_job_event" in inspect.getsource(method)
+async def test_a_job_inserted_notification_wakes_our_fetch_loop_and_survives_its_clear(
+    worker: TaskhubWorker,
+) -> None:
+    """procrastinate's ``_handle_notification`` sets ``self._new_job_event``: ours, which
+    :func:`wait_first` waits on and which keeps a wake-up that lands during a fetch."""
+    waiting = asyncio.create_task(wait_first(worker._new_job_event, worker._stop_event, timeout=60))
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    notification: jobs.Notification = {"type": "job_inserted", "job_id": 1}
+    await worker._handle_notification(
+        channel="procrastinate_any_queue_v1", notification=notification
+    )
+    await asyncio.wait_for(waiting, timeout=1)
+    worker._new_job_event.woke()  # the loop is awake and fetches; another NOTIFY lands
+    await worker._handle_notification(
+        channel="procrastinate_any_queue_v1", notification=notification
+    )
+    worker._new_job_event.clear()  # after the fetch, which was too early to see that job
+    assert worker._new_job_event.is_set(), "the late notification calls for another fetch"
+
+
+async def test_an_abort_notification_reaches_our_abort_hooks(worker: TaskhubWorker) -> None:
+    """procrastinate's ``_handle_notification`` hands an abort request to
+    ``_handle_abort_jobs_requested``, whose ``super()`` calls ``_abort_job`` for each running
+    job; procrastinate's ``_abort_job`` cancels an async one and records the reason that
+    ``JobContext.should_abort`` reads."""
+    running, fetched = await fetch(worker, "running"), await fetch(worker, "fetched")
+    worker._start_job(running)
+    await asyncio.wait_for(STARTED.wait(), timeout=5)
+    worker._start_job(fetched)  # fetched, but its task has not begun yet
+    overtaken_id = await worker.app.tasks["pins.sleep"].defer_async(token="overtaken")
+    assert running.id is not None
+    assert fetched.id is not None
+    for job_id in (running.id, fetched.id, overtaken_id):
+        request: jobs.AbortJobRequested = {"type": "abort_job_requested", "job_id": job_id}
+        await worker._handle_notification(
+            channel="procrastinate_any_queue_v1", notification=request
+        )
+    assert worker.worker_id is not None
+    overtaken = await worker.app.job_manager.fetch_job(queues=None, worker_id=worker.worker_id)
+    assert overtaken is not None
+    assert overtaken.id == overtaken_id
+    worker._start_job(overtaken)
+    await asyncio.wait_for(asyncio.gather(*worker._running_jobs), timeout=5)
+
+    assert [status(worker, job) for job in (running, fetched, overtaken)] == ["aborted"] * 3
+    assert RAN == ["running"], "a job aborted before it started never runs"
+
+
+async def test_stop_sets_the_signal_our_fetch_loop_waits_on(worker: TaskhubWorker) -> None:
+    """procrastinate's ``stop`` sets ``self._stop_event``: ours, a :class:`Signal`."""
+    waiting = asyncio.create_task(wait_first(worker._new_job_event, worker._stop_event, timeout=60))
+    await asyncio.sleep(0)
+    assert not worker.stopping()
+    worker.stop()
+    await asyncio.wait_for(waiting, timeout=1)
+    assert worker.stopping()
+
+
+class Stop(Exception):
+    """Ends the deferrer's endless loop in a test."""
+
+
+async def test_procrastinate_s_deferrer_loop_runs_our_ticks_and_keeps_last_defers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """procrastinate's ``PeriodicDeferrer.worker`` asks ``get_previous_tasks(at=now)`` what to
+    defer and sleeps ``get_next_tick(at=now)``: ZonedDeferrer's, in the timezone, within
+    ``catch_up`` (procrastinate's ``max_delay``), remembering ticks in ``last_defers``."""
+    app = procrastinate.App(connector=InMemoryConnector())
+
+    @app.periodic(cron="0 * * * *", periodic_id="hourly")
+    @app.task(name="pins.tick", queue="pins")
+    def tick(timestamp: int) -> None: ...
+
+    def utc(hour: int, minute: int) -> int:
+        return int(datetime.datetime(2026, 1, 10, hour, minute, tzinfo=datetime.UTC).timestamp())
+
+    # Kolkata is UTC+5:30: its hourly ticks fall at half past, UTC.
+    nows = iter([utc(12, 10), utc(12, 20), utc(12, 31)])
+    monkeypatch.setattr(
+        "procrastinate.periodic.time", types.SimpleNamespace(time=lambda: next(nows))
+    )
+    kolkata = zoneinfo.ZoneInfo("Asia/Kolkata")
+    deferrer = ZonedDeferrer(app.periodic_registry, timezone=kolkata, catch_up=3600)
+    deferred: list[list[int]] = []
+    waits: list[float] = []
+
+    async def defer_jobs(jobs_to_defer: Iterable[TaskAtTime]) -> None:
+        due = list(jobs_to_defer)
+        deferred.append([timestamp for _, timestamp in due])
+        await PeriodicDeferrer.defer_jobs(deferrer, due)
+
+    async def wait(next_tick: float) -> None:
+        waits.append(next_tick)
+        if len(waits) == 3:
+            raise Stop
+
+    monkeypatch.setattr(deferrer, "defer_jobs", defer_jobs)
+    monkeypatch.setattr(deferrer, "wait", wait)
+    async with app.open_async():
+        with pytest.raises(Stop):
+            await asyncio.wait_for(deferrer.worker(), timeout=5)
+
+    # 12:10: the 11:30 tick, 40 min late, within the catch-up (procrastinate's default max_delay
+    # of 10 min would skip it); 12:20: nothing new (last_defers); 12:31: the 12:30 tick.
+    assert deferred == [[utc(11, 30)], [], [utc(12, 30)]]
+    assert waits == [20 * 60, 10 * 60, 59 * 60]
+    assert deferrer.last_defers == {("pins.tick", "hourly"): utc(12, 30)}
+    connector = app.connector
+    assert isinstance(connector, InMemoryConnector)
+    assert len(connector.jobs) == 2, "procrastinate deferred both ticks"
+    assert connector.periodic_defers == {("pins.tick", "hourly"): utc(12, 30)}
 
 
 async def test_wait_first_returns_when_any_signal_is_set_and_forgets_its_waiter() -> None:
@@ -94,34 +223,6 @@ async def test_a_wake_up_after_wait_first_survives_the_clear_after_the_fetch() -
     event.woke()
     event.clear()  # that fetch saw everything: now it may clear
     assert not event.is_set()
-
-
-def test_the_periodic_deferrer_is_started_through_the_method_we_override() -> None:
-    assert "self._periodic_deferrer()" in inspect.getsource(Worker._start_side_tasks)
-    assert inspect.iscoroutinefunction(Worker._periodic_deferrer)
-
-
-def test_the_deferrer_methods_we_override_are_the_ones_its_loop_calls() -> None:
-    source = inspect.getsource(PeriodicDeferrer.worker)
-    assert "self.get_previous_tasks(at=now)" in source
-    assert "self.get_next_tick(at=now)" in source
-    assert "self.last_defers" in inspect.getsource(PeriodicDeferrer.__init__)
-
-
-def test_the_batching_loop_replaces_the_methods_procrastinate_calls() -> None:
-    run_loop = inspect.getsource(Worker._run_loop)
-    assert "await self._fetch_and_process_jobs()" in run_loop
-    assert "await self._shutdown(" in run_loop, "shutdown waits for _running_jobs"
-    assert "self._running_jobs" in inspect.getsource(Worker._shutdown)
-    run = inspect.getsource(Worker.run)
-    assert run.index("register_worker") < run.index("self._run_loop()"), "worker_id set first"
-    for name in ("_abort_job", "_handle_abort_jobs_requested", "_log_extra", "_log_job_outcome"):
-        ours = list(inspect.signature(getattr(TaskhubWorker, name)).parameters)
-        theirs = list(inspect.signature(getattr(Worker, name)).parameters)
-        assert ours == theirs, name
-    assert "self._abort_job(" in inspect.getsource(Worker._handle_abort_jobs_requested)
-    assert "self._log_extra(" in inspect.getsource(Worker._process_job)
-    assert "self._job_ids_to_abort" in inspect.getsource(Worker._abort_job)
 
 
 def test_routine_job_lines_show_at_debug_only() -> None:
