@@ -15,7 +15,6 @@ from collections.abc import Iterable, Mapping
 from typing import Any, LiteralString
 
 from procrastinate.jobs import Job
-from procrastinate.manager import QUEUEING_LOCK_CONSTRAINT
 from psycopg import AsyncConnection, Connection, errors
 from psycopg.rows import tuple_row
 from psycopg.types.json import Jsonb
@@ -32,6 +31,7 @@ from pydantic import (
 from backend.declare.registry import TaskDefinition, describe_validation_error
 from backend.errors import AlreadyQueued
 from backend.queries import QUERIES
+from backend.runtime.internals import QUEUEING_LOCK_CONSTRAINT
 
 Args = Mapping[str, Any] | BaseModel
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from importlib import resources
 from typing import LiteralString
 
-from procrastinate.sql import parse_query_file
+from backend.runtime.internals import parse_query_file
 
 
 def load_queries(package: str) -> dict[str, LiteralString]:

@@ -16,8 +16,8 @@ and go:
 
 It also keeps a NOTIFY that arrives during a fetch (:class:`WakeEvent`) and runs the periodic
 deferrer in TASKHUB_TIMEZONE (``_periodic_deferrer``). These touch private parts of
-procrastinate's worker: tests/unit/test_worker_extension.py pins them to the procrastinate
-version range in pyproject.toml, and the integration tests pin the behaviour.
+procrastinate's worker, checked against the minor version pinned in pyproject.toml; each is
+listed in docs/worker.md with the behaviour test that pins it.
 """
 
 from __future__ import annotations
