@@ -1,0 +1,2 @@
+-- per-minute task statistics and counters that outlive pruning (to be written).
+SELECT 1;
