@@ -90,6 +90,12 @@ class Settings(BaseSettings):
         description="Seconds without a heartbeat after which a worker's jobs are rescued.",
     )
     log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$")
+    log_format: str = Field(
+        default="text",
+        pattern=r"^(text|json)$",
+        description="text: one readable line per record; json: one JSON object per line "
+        "(time, level, logger, message and the record's fields: task, job_id, duration...).",
+    )
 
     apps: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
@@ -156,6 +162,91 @@ class Settings(BaseSettings):
         default=None,
         description="Directory with pg_dump and pg_restore; found automatically when unset.",
     )
+
+    alert_backlog: int = Field(
+        default=1000,
+        ge=0,
+        description="Alert when a queue has more waiting jobs than this (0: off).",
+    )
+    alert_oldest_age: float = Field(
+        default=600,
+        ge=0,
+        description="Alert when a queue's oldest waiting job is older than this, seconds (0: off).",
+    )
+    alert_failure_rate: float = Field(
+        default=0.2,
+        ge=0,
+        le=1,
+        description="Alert when a task's share of failed finishes over TASKHUB_ALERT_WINDOW "
+        "exceeds this (0: off).",
+    )
+    alert_failure_min_jobs: int = Field(
+        default=5,
+        ge=1,
+        description="Finished jobs a task needs in the window before its failure rate counts.",
+    )
+    alert_window: float = Field(
+        default=900,
+        gt=0,
+        le=7 * 86_400,
+        description="Seconds of recent finishes the failure rate and critical failures look at.",
+    )
+    critical_queues: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Queues whose every final failure alerts: payment.critical,other.",
+    )
+    alert_stalled_after: float = Field(
+        default=3600,
+        ge=0,
+        description="Alert when a job has been running longer than this, seconds (0: off).",
+    )
+    alert_backup_age: float = Field(
+        default=26 * 3600,
+        ge=0,
+        description="Alert when the newest successful backup is older than this, seconds (0: off).",
+    )
+    alert_webhooks: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="URLs each alert transition is POSTed to, signed: https://a/hook,https://b.",
+    )
+    alert_webhook_secret: str = Field(
+        default="",
+        repr=False,
+        description="HMAC-SHA256 key of the X-Taskhub-Signature header; required with webhooks.",
+    )
+
+    @field_validator("critical_queues", mode="before")
+    @classmethod
+    def _split_critical_queues(cls, value: object) -> object:
+        if isinstance(value, str) and value.strip().startswith("["):
+            return json.loads(value)
+        if isinstance(value, str):
+            return [queue.strip() for queue in value.split(",") if queue.strip()]
+        return value
+
+    @field_validator("alert_webhooks", mode="before")
+    @classmethod
+    def _split_webhooks(cls, value: object) -> object:
+        if isinstance(value, str) and value.strip().startswith("["):
+            return json.loads(value)
+        if isinstance(value, str):
+            value = [url.strip() for url in value.split(",") if url.strip()]
+        if isinstance(value, list):
+            for url in value:
+                parts = urlsplit(str(url))
+                if parts.scheme not in ("http", "https") or not parts.hostname:
+                    raise ValueError(f"{url!r} is not an http:// or https:// URL")
+        return value
+
+    @field_validator("alert_webhook_secret")
+    @classmethod
+    def _secret_with_webhooks(cls, value: str, info: object) -> str:
+        if getattr(info, "data", {}).get("alert_webhooks") and not value:
+            raise ValueError(
+                "must be set when TASKHUB_ALERT_WEBHOOKS is: receivers verify the signature "
+                "with it (e.g. the output of `openssl rand -hex 32`)"
+            )
+        return value
 
     @field_validator("rescue_after")
     @classmethod
@@ -297,7 +388,7 @@ def load_settings(**overrides: object) -> Settings:
     except ValidationError as exc:
         first = exc.errors()[0]
         field = str(first["loc"][0]) if first["loc"] else "settings"
-        hidden = field == "tokens"
+        hidden = field in ("tokens", "alert_webhook_secret")
         value = "<hidden>" if hidden else repr(first.get("input"))
         message = first["msg"].removeprefix("Value error, ")
         raise SettingsError(f"invalid setting {env_name(field)}={value}: {message}") from None

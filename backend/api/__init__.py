@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from backend.api.errors import install_error_handlers
 from backend.api.middleware import BodySizeLimit
 from backend.api.openapi import TaskhubAPI
-from backend.api.routers import backups, health, jobs, queues, schedules, tasks
+from backend.api.routers import alerts, backups, health, jobs, queues, schedules, tasks, workers
 from backend.api.schemas import MAX_BODY_BYTES
 from backend.control.waiting import JobWatcher
 from backend.db import create_pool
@@ -33,9 +33,11 @@ scope read or above, enqueueing, cancelling and retrying need operate or above. 
 TAGS: list[dict[str, Any]] = [
     {"name": "jobs", "description": "Enqueue, list, read, wait for, cancel and retry jobs."},
     {"name": "tasks", "description": "The registered tasks and the arguments they take."},
-    {"name": "queues", "description": "Jobs per queue; pause and resume a queue."},
+    {"name": "queues", "description": "Jobs per queue; pause, resume or purge a queue."},
+    {"name": "workers", "description": "Worker processes: live or dead, jobs running and done."},
     {"name": "schedules", "description": "Periodic tasks: next tick, last run."},
     {"name": "backups", "description": "The database's own backups: runs, files, failures."},
+    {"name": "alerts", "description": "Alert rules firing now and recent transitions."},
     {"name": "health", "description": "Whether the API and its database can serve."},
 ]
 
@@ -91,6 +93,8 @@ def create_app(
         queues.router,
         schedules.router,
         backups.router,
+        workers.router,
+        alerts.router,
         *apps.routers,
     )
     return app

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 from backend.declare.apps import TaskhubApp
-from backend.tasks import backups, builtin, hooks, maintenance
+from backend.tasks import alerts, backups, builtin, hooks, maintenance
 
 app = TaskhubApp(
     name="taskhub",
-    blueprints=(builtin.blueprint, hooks.blueprint, maintenance.blueprint, backups.blueprint),
-    description="Built-in tasks: ping, failure hooks, pruning and rescue, backups.",
+    blueprints=(
+        builtin.blueprint,
+        hooks.blueprint,
+        maintenance.blueprint,
+        backups.blueprint,
+        alerts.blueprint,
+    ),
+    description="Built-in tasks: ping, failure hooks, pruning and rescue, backups, alerts.",
 )

@@ -172,6 +172,8 @@ def test_document_is_valid_openapi_3_1() -> None:
         "queues",
         "schedules",
         "backups",
+        "workers",
+        "alerts",
         "health",
     }, "the examples' routes appear only where their apps are enabled"
 
