@@ -22,7 +22,7 @@ from psycopg.rows import dict_row
 
 from backend import defer
 from backend.auth import parse_tokens
-from backend.control import jobs, queues, schedules
+from backend.control import doctor, jobs, queues, schedules, workers
 from backend.control.waiting import JobWatcher, reuse, wait_until_finished
 from backend.db import DictConnection, check_database, describe_database
 from backend.declare.apps import LoadedApps, load_apps
@@ -151,14 +151,12 @@ def _add_queues_parser(
 
 
 def queues_table(rows: Sequence[queues.QueueInfo]) -> str:
-    header = f"{'QUEUE':<40} {'TODO':>7} {'DOING':>6} {'FAILED':>7} {'OLDEST WAITING':<20} PAUSED"
+    header = f"{'QUEUE':<40} {'TODO':>7} {'DOING':>6} {'OLDEST WAITING':<20} PAUSED"
     lines = [header]
     for row in rows:
         oldest = f"{row.oldest_todo_at:%Y-%m-%d %H:%M:%S}" if row.oldest_todo_at else ""
         paused = f"yes, by {row.paused_by}" if row.paused else ""
-        lines.append(
-            f"{row.name:<40} {row.todo:>7} {row.doing:>6} {row.failed:>7} {oldest:<20} {paused}"
-        )
+        lines.append(f"{row.name:<40} {row.todo:>7} {row.doing:>6} {oldest:<20} {paused}")
     return "\n".join(lines) if rows else "no queues yet"
 
 
@@ -172,6 +170,78 @@ async def _queues_action(url: str, args: argparse.Namespace) -> int:
         await conn.commit()
     print(f"queue {queue.name}: {'paused' if queue.paused else 'running'} ({queue.todo} waiting)")
     return 0
+
+
+def workers_table(rows: Sequence[workers.WorkerInfo]) -> str:
+    header = (
+        f"{'ID':>6} {'HOST':<20} {'PID':>7} {'STATE':<6} {'QUEUES':<20} {'SLOTS':>5} "
+        f"{'STARTED (UTC)':<19} {'LAST HEARTBEAT':<19} {'RUNNING':>7} {'DONE':>9}"
+    )
+    lines = [header]
+    for row in rows:
+        state = "live" if row.alive else "dead"
+        queue_list = ",".join(row.queues) if row.queues is not None else "all"
+        started = row.started_at.astimezone(datetime.UTC)
+        beat = row.last_heartbeat.astimezone(datetime.UTC)
+        lines.append(
+            f"{row.id:>6} {_shorten(row.host, 20):<20} {row.pid:>7} {state:<6} "
+            f"{_shorten(queue_list, 20):<20} {row.concurrency:>5} {started:%Y-%m-%d %H:%M:%S} "
+            f"{beat:%Y-%m-%d %H:%M:%S} {row.jobs_running:>7} {row.jobs_done:>9}"
+        )
+    return "\n".join(lines) if rows else "no workers yet"
+
+
+def _workers_command(settings: Settings, args: argparse.Namespace) -> int:
+    async def show(url: str) -> int:
+        async with await _connect(url) as conn:
+            rows = await workers.list_workers(conn, settings.rescue_after)
+        if args.json:
+            for row in rows:
+                print(row.model_dump_json())
+        else:
+            print(workers_table(rows))
+        return 0
+
+    return _on_database(settings, show)
+
+
+def _confirm_purge(name: str, assume_yes: bool, stdin: TextIO) -> bool:
+    """``--yes``, or a "y" typed at a terminal; no terminal and no ``--yes``: refuse."""
+    if assume_yes:
+        return True
+    if not stdin.isatty():
+        print(
+            f"taskhub: error: not purging queue {name}: no terminal to confirm on; "
+            "add --yes to purge without asking",
+            file=sys.stderr,
+        )
+        return False
+    answer = input(f"delete every waiting job of queue {name}? [y/N] ")
+    return answer.strip().lower() in ("y", "yes")
+
+
+def _purge_command(settings: Settings, args: argparse.Namespace) -> int:
+    """``taskhub purge QUEUE``: the queue's waiting jobs deleted, audited as ``cli:<user>``."""
+    if not _confirm_purge(args.name, args.yes, sys.stdin):
+        return 1
+
+    async def purge(url: str) -> int:
+        async with await _connect(url) as conn:
+            result = await queues.purge(conn, args.name, actor=_actor())
+            await conn.commit()
+        print(f"queue {result.name}: {result.purged} waiting jobs deleted")
+        return 0
+
+    return _on_database(settings, purge)
+
+
+def _doctor_command(settings: Settings) -> int:
+    """``taskhub doctor``: each check's line; exit 1 when any failed (warnings pass)."""
+    with database_url(settings) as url:
+        results = asyncio.run(doctor.run_checks(settings, url))
+    for result in results:
+        print(result.line())
+    return 1 if doctor.failed(results) else 0
 
 
 def _on_database(settings: Settings, action: Callable[[str], Coroutine[Any, Any, int]]) -> int:
@@ -388,6 +458,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     backups_cmd.add_argument("--limit", type=_positive, default=20, help="runs shown (20)")
     backups_cmd.add_argument("--json", action="store_true", help="JSON lines")
+    workers_cmd = commands.add_parser(
+        "workers",
+        help="worker processes: host, pid, queues, heartbeat, jobs running and done",
+        description="Every worker process, live ones first; dead ones stay listed 7 days.",
+    )
+    workers_cmd.add_argument("--json", action="store_true", help="JSON lines")
+    purge = commands.add_parser(
+        "purge",
+        help="delete a queue's waiting jobs (audited)",
+        description="Delete the queue's waiting jobs (todo); running ones go on. Asks first.",
+    )
+    purge.add_argument("name", type=_queue_name, help="queue name")
+    purge.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    commands.add_parser(
+        "doctor",
+        help="check the database, migrations, apps, workers, schedules, backups, clock, NOTIFY",
+        description="Each check prints ok or what to do; exit 1 when one fails.",
+    )
     _add_app_option(parser)
     return parser
 
@@ -872,6 +960,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "up" and args.demo:
             _serve_demo(settings)
             return 0
+        if args.command == "doctor":
+            return _doctor_command(settings)  # a broken app is one of its checks
         apps = load_apps(settings)  # every app whole, or nothing starts
         if index is not None:
             _worker_process(settings, apps, args)
@@ -893,6 +983,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _schedules_command(settings, apps)
         elif args.command == "backups":
             return _backups_command(settings, args)
+        elif args.command == "workers":
+            return _workers_command(settings, args)
+        elif args.command == "purge":
+            return _purge_command(settings, args)
     except TaskhubError as exc:
         print(f"taskhub: {process}error: {exc.message}", file=sys.stderr)
         return exc.exit_code

@@ -14,16 +14,27 @@ from backend.queries import QUERIES
 class QueueInfo(BaseModel):
     name: str = Field(examples=["emails"])
     todo: int = Field(description="Jobs waiting (scheduled ones included)")
-    doing: int
-    succeeded: int
-    failed: int
-    cancelled: int = Field(description="Cancelled or aborted")
+    doing: int = Field(description="Jobs running now")
     oldest_todo_at: datetime.datetime | None = Field(
         description="When the oldest waiting job was deferred"
     )
     paused: bool
     paused_at: datetime.datetime | None
     paused_by: str | None
+
+
+class PurgeResult(BaseModel):
+    name: str = Field(examples=["emails"])
+    purged: int = Field(description="Waiting jobs deleted")
+
+
+async def purge(conn: DictConnection, name: str, actor: str) -> PurgeResult:
+    """Delete the queue's waiting jobs (running ones go on), audited when any was deleted.
+    A job a worker is fetching at that instant is left to run."""
+    await conn.execute(QUERIES["purge_unlink_schedules"], {"queue": name})
+    cursor = await conn.execute(QUERIES["purge_queue"], {"queue": name, "actor": actor})
+    row = await cursor.fetchone()
+    return PurgeResult(name=name, purged=int(row["purged"]) if row else 0)
 
 
 async def list_queues(conn: DictConnection) -> list[QueueInfo]:
@@ -40,8 +51,8 @@ async def get_queue(conn: DictConnection, name: str) -> QueueInfo:
     for queue in await _queues(conn, name):
         return queue
     return QueueInfo(
-        name=name, todo=0, doing=0, succeeded=0, failed=0, cancelled=0,
-        oldest_todo_at=None, paused=False, paused_at=None, paused_by=None,
+        name=name, todo=0, doing=0, oldest_todo_at=None, paused=False, paused_at=None,
+        paused_by=None,
     )  # fmt: skip
 
 
@@ -75,12 +86,12 @@ async def _change(
 
 
 async def pause_queue(conn: DictConnection, name: str, actor: str) -> QueueInfo:
-    """``pause``, then the queue's figures (which count every job of the queue)."""
+    """``pause``, then the queue's figures (waiting and running jobs only)."""
     await pause(conn, name, actor)
     return await get_queue(conn, name)
 
 
 async def resume_queue(conn: DictConnection, name: str, actor: str) -> QueueInfo:
-    """``resume``, then the queue's figures (which count every job of the queue)."""
+    """``resume``, then the queue's figures (waiting and running jobs only)."""
     await resume(conn, name, actor)
     return await get_queue(conn, name)

@@ -39,6 +39,7 @@ from procrastinate.worker import Worker
 from psycopg.types.json import Jsonb
 
 from backend.queries import QUERIES
+from backend.runtime import registration
 from backend.runtime.app import definition_of
 from backend.runtime.connection import DedicatedConnection
 from backend.runtime.context import SETTINGS_KEY, JobRuntime, runtime_of
@@ -276,6 +277,7 @@ class TaskhubWorker(Worker):
         self._finisher: FinishBatcher | None = None
         # Per task: whether it is async, and its task middlewares (fixed once the worker runs).
         self._task_plans: dict[str, tuple[bool, list[Any]]] = {}
+        self.jobs_done = 0  # written with each heartbeat (taskhub.workers), never per job
 
     async def run(self) -> None:
         await super().run()  # type: ignore[no-untyped-call]
@@ -320,6 +322,20 @@ class TaskhubWorker(Worker):
             return
         super()._log_job_outcome(status, context, job_result, job_retry, exc_info)
 
+    async def _update_heartbeat(self) -> None:
+        """procrastinate's heartbeat loop; each beat also writes the worker's row."""
+        while True:
+            await asyncio.sleep(self.update_heartbeat_interval)
+            assert self.worker_id is not None
+            await registration.heartbeat(self.app, self.worker_id, self.jobs_done)
+
+    async def _shutdown(self, side_tasks: list[asyncio.Task[Any]]) -> None:
+        """procrastinate's graceful stop (it unregisters the worker), then the row says so."""
+        worker_id = self.worker_id
+        await super()._shutdown(side_tasks)
+        if worker_id is not None:
+            await registration.stopped(self.app, worker_id, self.jobs_done)
+
     async def _periodic_deferrer(self) -> None:
         """procrastinate's periodic deferrer, with cron in TASKHUB_TIMEZONE (see schedules)."""
         settings = (self.additional_context or {}).get(SETTINGS_KEY)
@@ -331,6 +347,7 @@ class TaskhubWorker(Worker):
     async def _run_loop(self) -> None:
         """procrastinate's loop, with the worker's own fetch and finish connections around it."""
         assert self.worker_id is not None
+        await registration.register(self.app, self.worker_id, self.queues, self.concurrency)
         connector = self.app.connector
         # A lost fetch commit leaves the job to run again, as a crash after it would (the
         # rescue): the fetch need not wait for the disk. Finishes do.
@@ -599,6 +616,7 @@ class TaskhubWorker(Worker):
 
     def _on_job_done(self, task: asyncio.Task[Any]) -> None:
         context = self._running_jobs.pop(task)
+        self.jobs_done += 1
         self._outcome_submitted(runtime_of(context))  # in case it ended before its finish
         self._slot_freed.set()
 

@@ -299,26 +299,23 @@ RETURNING id, status, task_name, priority, lock, queueing_lock, args, scheduled_
           attempts, worker_id;
 
 -- list_queues --
--- Every queue that has jobs or is paused (or just the one named): jobs per status, the oldest
--- waiting job's age.
+-- Every queue that has waiting or running jobs, or is paused (or just the one named): jobs
+-- waiting and running, the oldest waiting job's age. Finished jobs are not read: the scan walks
+-- the partial index of waiting and running jobs (taskhub_jobs_active_queue_idx), so its cost
+-- follows the jobs in flight, not the table.
 WITH counts AS (
     SELECT queue_name,
            count(*) FILTER (WHERE status = 'todo') AS todo,
            count(*) FILTER (WHERE status = 'doing') AS doing,
-           count(*) FILTER (WHERE status = 'succeeded') AS succeeded,
-           count(*) FILTER (WHERE status = 'failed') AS failed,
-           count(*) FILTER (WHERE status IN ('cancelled', 'aborted')) AS cancelled,
            min(id) FILTER (WHERE status = 'todo') AS oldest_todo
       FROM procrastinate_jobs
-     WHERE %(queue)s::text IS NULL OR queue_name = %(queue)s
+     WHERE status IN ('todo', 'doing')
+       AND (%(queue)s::text IS NULL OR queue_name = %(queue)s)
      GROUP BY queue_name
 )
 SELECT coalesce(counts.queue_name, paused.queue_name) AS name,
        coalesce(counts.todo, 0) AS todo,
        coalesce(counts.doing, 0) AS doing,
-       coalesce(counts.succeeded, 0) AS succeeded,
-       coalesce(counts.failed, 0) AS failed,
-       coalesce(counts.cancelled, 0) AS cancelled,
        (SELECT min(event.at) FROM procrastinate_events event
          WHERE event.job_id = counts.oldest_todo AND event.type = 'deferred') AS oldest_todo_at,
        paused.queue_name IS NOT NULL AS paused,

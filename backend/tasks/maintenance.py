@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 
 class PruneReport(BaseModel):
     """What one pruning run deleted: jobs per status (each with its events, progress, result
-    and errors), idempotency keys and stale waiters."""
+    and errors), idempotency keys, stale waiters and rows of workers dead for 7 days."""
 
     succeeded_cutoff: datetime.datetime
     failed_cutoff: datetime.datetime
@@ -43,6 +43,7 @@ class PruneReport(BaseModel):
     aborted: int = 0
     idempotency_keys: int = 0
     waiters: int = 0
+    workers: int = 0
     batches: int = 0
     lock_timeouts: int = 0
     seconds: float = 0.0
@@ -63,8 +64,9 @@ class PruneReport(BaseModel):
 async def prune_jobs(args: PeriodicArgs, ctx: TaskContext) -> PruneReport:
     """Delete jobs finished longer ago than TASKHUB_SUCCEEDED_RETENTION_DAYS (succeeded,
     cancelled, aborted) or TASKHUB_FAILED_RETENTION_DAYS (failed) with all stored about them,
-    day-old idempotency keys and dead processes' waiters. Every 15 minutes, so a run has little
-    to do; in short transactions that skip locked rows, with pauses, so workers never wait."""
+    day-old idempotency keys, dead processes' waiters and workers dead for 7 days. Every 15
+    minutes, so a run has little to do; in short transactions that skip locked rows, with
+    pauses, so workers never wait."""
     started = time.monotonic()
     settings = ctx.settings
     async with ctx.connection() as conn:
@@ -87,6 +89,7 @@ async def prune_jobs(args: PeriodicArgs, ctx: TaskContext) -> PruneReport:
         cursor = await conn.execute(QUERIES["prune_waiters"])
         row = await cursor.fetchone()
     report.waiters = int(row["deleted"]) if row else 0
+    report.workers = await _delete_in_batches(ctx, "prune_workers", settings.prune_batch_size)
     report.seconds = round(time.monotonic() - started, 3)
     return report
 

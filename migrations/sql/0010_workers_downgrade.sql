@@ -1,1 +1,2 @@
-SELECT 1;
+DROP INDEX taskhub_jobs_active_queue_idx;
+DROP TABLE taskhub.workers;
