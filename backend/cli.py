@@ -19,6 +19,7 @@ import psycopg
 from procrastinate.exceptions import ConnectorException
 from procrastinate.jobs import Job
 from psycopg.rows import dict_row
+from pythonjsonlogger.json import JsonFormatter
 
 from backend import defer
 from backend.auth import parse_tokens
@@ -501,11 +502,20 @@ def _add_app_option(parser: argparse.ArgumentParser) -> None:
 
 def _configure_logging(settings: Settings, process: str = "") -> None:
     """``process`` (``[worker 2] ``) tells the lines of several worker processes apart."""
-    logging.basicConfig(
-        level=settings.log_level,
-        format=f"%(asctime)s %(levelname)s {process}%(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    if settings.log_format == "json":
+        handler.setFormatter(
+            JsonFormatter(
+                "%(asctime)s %(levelname)s %(name)s %(message)s",
+                rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+                static_fields={"process": process.strip(" []")} if process else None,
+            )
+        )
+    else:
+        handler.setFormatter(
+            logging.Formatter(f"%(asctime)s %(levelname)s {process}%(name)s: %(message)s")
+        )
+    logging.basicConfig(level=settings.log_level, handlers=[handler])
     if settings.log_level != "DEBUG":
         # Start-up chatter; what matters is printed by taskhub itself.
         for name in ("alembic", "procrastinate.blueprints", "procrastinate.periodic"):
@@ -681,7 +691,8 @@ def _defer(settings: Settings, apps: LoadedApps, args: argparse.Namespace) -> No
     )
     job = defer.make_job(apps.task(request.task), request.args, **request.options())
     with database_url(settings) as url:
-        print(asyncio.run(_insert_and_read(url, job)).model_dump_json(indent=2))
+        shown = jobs.masked(asyncio.run(_insert_and_read(url, job)), apps.mask_args)
+        print(shown.model_dump_json(indent=2))
 
 
 async def _insert_and_read(url: str, job: Job) -> jobs.JobView:
@@ -868,12 +879,13 @@ async def _connect(url: str, *, autocommit: bool = False) -> DictConnection:
     return await psycopg.AsyncConnection.connect(url, autocommit=autocommit, row_factory=dict_row)
 
 
-async def _jobs_list(url: str, args: argparse.Namespace) -> int:
+async def _jobs_list(url: str, args: argparse.Namespace, apps: LoadedApps) -> int:
     filters = jobs.JobFilters(
         statuses=args.statuses, states=args.states, task=args.task, queue=args.queue
     )
     async with await _connect(url) as conn:
         page = await jobs.list_jobs(conn, filters, limit=args.limit, cursor=args.cursor)
+    page = jobs.masked_page(page, apps.mask_args)
     print(page.model_dump_json(indent=2) if args.json else jobs_table(page))
     return 0
 
@@ -894,14 +906,15 @@ async def follow_job(url: str, job_id: int, live: LiveLine) -> jobs.JobView:
     return job
 
 
-async def _jobs_show(url: str, args: argparse.Namespace) -> int:
+async def _jobs_show(url: str, args: argparse.Namespace, apps: LoadedApps) -> int:
     if args.follow:
         # With --json, stdout carries only the final JSON; the live line goes to stderr.
         job = await follow_job(url, args.id, LiveLine(sys.stderr if args.json else sys.stdout))
+        job = jobs.masked(job, apps.mask_args)
         print(job.model_dump_json(indent=2) if args.json else final_line(job), flush=True)
         return 0 if job.status == jobs.JobStatus.succeeded else 1
     async with await _connect(url) as conn:
-        job = await jobs.get_job(conn, args.id)
+        job = jobs.masked(await jobs.get_job(conn, args.id), apps.mask_args)
     print(job.model_dump_json(indent=2) if args.json else describe_job(job))
     return 0
 
@@ -909,10 +922,13 @@ async def _jobs_show(url: str, args: argparse.Namespace) -> int:
 JobAction = Callable[[DictConnection, int, str], Awaitable[jobs.JobView]]
 
 
-async def _control(url: str, args: argparse.Namespace, action: JobAction, done: str) -> int:
+async def _control(
+    url: str, args: argparse.Namespace, apps: LoadedApps, action: JobAction, done: str
+) -> int:
     """Retry or cancel in one transaction, so the action and its audit row commit together."""
     async with await _connect(url) as conn, conn.transaction():
         job = await action(conn, args.id, _actor())
+    job = jobs.masked(job, apps.mask_args)
     if args.json:
         print(job.model_dump_json(indent=2))
         return 0
@@ -923,15 +939,16 @@ async def _control(url: str, args: argparse.Namespace, action: JobAction, done: 
     return 0
 
 
-async def _jobs_retry(url: str, args: argparse.Namespace) -> int:
-    return await _control(url, args, jobs.retry_job, "will run again")
+async def _jobs_retry(url: str, args: argparse.Namespace, apps: LoadedApps) -> int:
+    return await _control(url, args, apps, jobs.retry_job, "will run again")
 
 
-async def _jobs_cancel(url: str, args: argparse.Namespace) -> int:
-    return await _control(url, args, jobs.cancel_job, "cancelled")
+async def _jobs_cancel(url: str, args: argparse.Namespace, apps: LoadedApps) -> int:
+    return await _control(url, args, apps, jobs.cancel_job, "cancelled")
 
 
-JOB_ACTIONS: dict[str, Callable[[str, argparse.Namespace], Coroutine[Any, Any, int]]] = {
+JobsCommand = Callable[[str, argparse.Namespace, LoadedApps], Coroutine[Any, Any, int]]
+JOB_ACTIONS: dict[str, JobsCommand] = {
     "list": _jobs_list,
     "show": _jobs_show,
     "retry": _jobs_retry,
@@ -939,12 +956,12 @@ JOB_ACTIONS: dict[str, Callable[[str, argparse.Namespace], Coroutine[Any, Any, i
 }
 
 
-def _jobs(settings: Settings, args: argparse.Namespace) -> int:
+def _jobs(settings: Settings, apps: LoadedApps, args: argparse.Namespace) -> int:
     """Run a ``jobs`` action on DATABASE_URL or the embedded server, like ``defer``."""
     with database_url(settings) as url:
         check_database(url)  # "run `taskhub migrate`" rather than a missing-relation traceback
         try:
-            return asyncio.run(JOB_ACTIONS[args.action](url, args))
+            return asyncio.run(JOB_ACTIONS[args.action](url, args, apps))
         except KeyboardInterrupt:  # Ctrl-C while following: stop quietly
             return 130
 
@@ -976,7 +993,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "defer":
             _defer(settings, apps, args)
         elif args.command == "jobs":
-            return _jobs(settings, args)
+            return _jobs(settings, apps, args)
         elif args.command == "queues":
             return _queues_command(settings, args)
         elif args.command == "schedules":

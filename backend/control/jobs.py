@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import base64
 import datetime
+from collections.abc import Callable
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 
 from psycopg.types.json import Jsonb
 from pydantic import BaseModel, Field
@@ -183,6 +184,20 @@ class JobPage(BaseModel):
     next_cursor: str | None = Field(
         description="Pass as `cursor` for the next (older) page; null on the last page."
     )
+
+
+JobT = TypeVar("JobT", bound=JobSummary)
+#: Masks a task's secret arguments: ``(task name, args) -> args as shown``.
+ArgsMask = Callable[[str, dict[str, Any]], dict[str, Any]]
+
+
+def masked(job: JobT, mask_args: ArgsMask) -> JobT:
+    """The job as shown outside the database: its secret arguments masked."""
+    return job.model_copy(update={"args": mask_args(job.task, job.args)})
+
+
+def masked_page(page: JobPage, mask_args: ArgsMask) -> JobPage:
+    return page.model_copy(update={"items": [masked(job, mask_args) for job in page.items]})
 
 
 class InvalidCursor(TaskhubError):

@@ -108,6 +108,11 @@ class LoadedApps:
             known = ", ".join(sorted(self.tasks))
             raise UnknownTask(f"unknown task {name!r}; registered tasks: {known}") from None
 
+    def mask_args(self, task_name: str, args: dict[str, Any]) -> dict[str, Any]:
+        """A job's arguments as shown outside the database: the task's secrets masked."""
+        definition = self.tasks.get(task_name)
+        return definition.mask(args) if definition is not None else args
+
     def settings_of(self, kind: type[SettingsT]) -> SettingsT:
         """An app's settings as read at start (or now, for a class no app declared)."""
         found = self.settings.get(kind)

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from pydantic_core import PydanticSerializationError, to_jsonable_python
 
 from backend.declare.policy import RateLimit, Retry, TaskDefaults
+from backend.declare.secrets import mask, reveal, secret_paths
 from backend.errors import InvalidJobArguments
 from backend.runtime.context import TaskContext
 
@@ -153,7 +154,15 @@ class TaskDefinition(Generic[ArgsT]):
                 model = self.args_model.model_validate(data)
             except ValidationError as exc:
                 raise describe_validation_error(exc, ("args",)) from None
-        return model.model_dump(mode="json")
+        if not secret_paths(self.args_model):
+            return model.model_dump(mode="json")
+        # Stored with the secrets' real values: the task needs them (shown masked elsewhere).
+        stored: JSONDict = to_jsonable_python(reveal(model.model_dump(mode="python")))
+        return stored
+
+    def mask(self, args: Mapping[str, Any]) -> dict[str, Any]:
+        """``args`` as shown outside the database: secret fields masked."""
+        return mask(self.args_model, args) if secret_paths(self.args_model) else dict(args)
 
     def describe_retry(self) -> dict[str, Any] | None:
         if self.retry is None:

@@ -14,8 +14,14 @@ from typing import Any
 import procrastinate
 from procrastinate import JobContext
 from psycopg.rows import dict_row
+from pydantic import ValidationError
 
-from backend.declare.registry import TaskBlueprint, TaskDefinition, to_json
+from backend.declare.registry import (
+    TaskBlueprint,
+    TaskDefinition,
+    describe_validation_error,
+    to_json,
+)
 from backend.declare.schedules import configured_schedules
 from backend.runtime.context import TaskContext, runtime_of
 from backend.runtime.isolation import run_in_child
@@ -73,7 +79,10 @@ def procrastinate_function(definition: TaskDefinition[Any]) -> Callable[..., Any
     takes_args, takes_context = definition.takes_args, definition.takes_context
 
     def call_args(job_context: JobContext, kwargs: dict[str, Any]) -> tuple[Any, ...]:
-        parsed = model.model_validate(kwargs)
+        try:
+            parsed = model.model_validate(kwargs)
+        except ValidationError as exc:  # its text would quote the input, secrets included
+            raise describe_validation_error(exc, ("args",)) from None
         arguments: tuple[Any, ...] = (parsed,) if takes_args else ()
         return (*arguments, TaskContext(job_context)) if takes_context else arguments
 

@@ -61,13 +61,13 @@ FINISH_DELAY = 0.01  # seconds a finished job waits for others to share its fini
 #: Jobs held per slot, running or waiting for their finish to commit (_fetch_and_process_jobs).
 JOBS_HELD_PER_SLOT = 3
 EARLY_ABORTS_KEPT = 60.0  # seconds an abort request for a job not (yet) running is remembered
-# procrastinate's routine per-job log lines: taskhub shows them at DEBUG only. At thousands of
-# jobs per second, two INFO lines per job cost more than the jobs (failures still log).
-ROUTINE_ACTIONS = frozenset({"loaded_job_info", "finish_task", "start_job", "job_success"})
+# procrastinate's routine per-job lines (loading, starting): DEBUG only. Each finished job gets
+# taskhub's own single line instead (_log_job_outcome).
+ROUTINE_ACTIONS = frozenset({"loaded_job_info", "finish_task", "start_job"})
 
 
 class RoutineJobLines(logging.Filter):
-    """Drops procrastinate's per-job start and success lines unless DEBUG is on."""
+    """Drops procrastinate's per-job loading and start lines unless DEBUG is on."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if getattr(record, "action", None) not in ROUTINE_ACTIONS:
@@ -88,6 +88,31 @@ class RateLimited(Exception):
     def __init__(self, retry_at: datetime.datetime) -> None:
         super().__init__(f"rate limit reached; next run at {retry_at.isoformat()}")
         self.retry_at = retry_at
+
+
+def _outcome_line(
+    status: jobs.Status, job_retry: exceptions.JobRetry | None
+) -> tuple[str, str, int]:
+    """procrastinate's action name, the word the line says, and the line's level."""
+    if status == jobs.Status.SUCCEEDED:
+        return "job_success", "succeeded", logging.INFO
+    if status == jobs.Status.ABORTED:
+        if job_retry:
+            return "job_aborted_retry", "aborted, to run again", logging.WARNING
+        return "job_aborted", "aborted", logging.WARNING
+    if job_retry:
+        return "job_error_retry", "failed, to retry", logging.WARNING
+    return "job_error", "failed", logging.ERROR
+
+
+def _job_fields(job: jobs.Job) -> dict[str, Any]:
+    """What a job's line says of it, without its arguments (they may hold secrets)."""
+    return {
+        "task": job.task_name,
+        "job_id": job.id,
+        "queue": job.queue,
+        "attempt": job.attempts + 1,
+    }
 
 
 async def track_job(call_next: Any, context: JobContext, worker: Worker) -> Any:
@@ -296,7 +321,22 @@ class TaskhubWorker(Worker):
         if action in ROUTINE_ACTIONS and not self.logger.isEnabledFor(logging.DEBUG):
             return {"action": action}  # the line is dropped (RoutineJobLines)
         extra: dict[str, Any] = super()._log_extra(action, context, job_result, **kwargs)
+        job = extra.get("job")
+        if context is not None and isinstance(job, dict):
+            # procrastinate's job context quotes the arguments: secrets masked.
+            definition = definition_of(self.app, context.job.task_name)
+            if definition is not None:
+                args = definition.mask(context.job.task_kwargs)
+                extra["job"] = {**job, "task_kwargs": args}
+                extra["job"]["call_string"] = self._call_string(context.job)
         return extra
+
+    def _call_string(self, job: jobs.Job) -> str:
+        """procrastinate's ``task[id](a=1, ...)``, with secret arguments masked."""
+        definition = definition_of(self.app, job.task_name)
+        args = definition.mask(job.task_kwargs) if definition else job.task_kwargs
+        listed = ", ".join(f"{key}={value!r}" for key, value in args.items())
+        return f"{job.task_name}[{job.id}]({listed})"
 
     def _log_job_outcome(
         self,
@@ -306,21 +346,50 @@ class TaskhubWorker(Worker):
         job_retry: exceptions.JobRetry | None,
         exc_info: bool | BaseException = False,
     ) -> None:
-        if status == jobs.Status.SUCCEEDED and not self.logger.isEnabledFor(logging.DEBUG):
-            return  # a routine line (see RoutineJobLines), not even built
+        """One line per finished job, as Celery's worker prints it ("succeeded in 0.012s"):
+        INFO for a success, WARNING for a retry or an abort, ERROR with the traceback for a
+        final failure. A rate-limit postponement is not an outcome (DEBUG)."""
+        job = context.job
         if isinstance(exc_info, RateLimited):
             # Not an error: the job waits for its rate limit, with no attempt used up.
             if self.logger.isEnabledFor(logging.DEBUG):
                 self.logger.debug(
-                    "Job %s postponed by its rate limit until %s",
-                    context.job.call_string,
+                    "Task %s[%s] postponed by its rate limit until %s",
+                    job.task_name,
+                    job.id,
                     exc_info.retry_at.isoformat(),
-                    extra=self._log_extra(
-                        context=context, action="job_rate_limited", job_result=job_result
-                    ),
+                    extra={"action": "job_rate_limited", **_job_fields(job)},
                 )
             return
-        super()._log_job_outcome(status, context, job_result, job_retry, exc_info)
+        action, outcome, level = _outcome_line(status, job_retry)
+        if not self.logger.isEnabledFor(level):
+            return
+        duration = (
+            job_result.end_timestamp - job_result.start_timestamp
+            if job_result and job_result.start_timestamp and job_result.end_timestamp
+            else 0.0
+        )
+        fields = {**_job_fields(job), "duration": round(duration, 6), "outcome": outcome}
+        if status == jobs.Status.SUCCEEDED:
+            # The whole job context is built for lines that need it, not for each success.
+            extra: dict[str, Any] = {"action": action, **fields}
+        else:
+            extra = {**self._log_extra(context=context, action=action, job_result=job_result)}
+            extra.update(fields)
+        reason = (
+            f": {type(exc_info).__name__}: {exc_info}" if isinstance(exc_info, Exception) else ""
+        )
+        self.logger.log(
+            level,
+            "Task %s[%s] %s in %.3fs%s",
+            job.task_name,
+            job.id,
+            outcome,
+            duration,
+            reason,
+            extra=extra,
+            exc_info=exc_info if level >= logging.ERROR else None,
+        )
 
     async def _update_heartbeat(self) -> None:
         """procrastinate's heartbeat loop; each beat also writes the worker's row."""
@@ -442,13 +511,13 @@ class TaskhubWorker(Worker):
                 raise exceptions.TaskNotFound
             if self.logger.isEnabledFor(logging.DEBUG):
                 self.logger.debug(
-                    f"Loaded job info, about to start job {job.call_string}",
+                    f"Loaded job info, about to start job {self._call_string(job)}",
                     extra=self._log_extra(
                         context=context, action="loaded_job_info", job_result=job_result
                     ),
                 )
                 self.logger.info(
-                    f"Starting job {job.call_string}",
+                    f"Starting job {self._call_string(job)}",
                     extra=self._log_extra(
                         context=context, action="start_job", job_result=job_result
                     ),

@@ -213,23 +213,24 @@ def test_follow_a_worker_run_dead_letters_and_abort(
     failed = taskhub(db_url, tmp_path, "jobs", "show", str(broken), "--follow")
     assert failed.returncode == 1, failed.stderr
     assert failed.stdout.splitlines()[-1].startswith(
-        f"job {broken} failed (FAILURE) after 1 attempt: ValidationError: "
+        f"job {broken} failed (FAILURE) after 1 attempt: InvalidJobArguments: invalid job: "
     )
 
     # The dead letters: jobs that failed their last attempt.
     dead = ok(db_url, tmp_path, "jobs", "list", "--state", "FAILURE")
     assert table_ids(dead) == [broken]
     assert "FAILURE         1" in dead
-    assert "ValidationError: 1 validation error for PingArgs" in dead
+    assert "InvalidJobArguments: invalid job: args.sleep: Input shoul..." in dead
     assert all(len(line) < 200 for line in dead.splitlines()), "the error is truncated"
     [letter] = as_json(db_url, tmp_path, "jobs", "list", "--state", "FAILURE")["items"]
-    assert (letter["id"], letter["last_error"]["type"]) == (broken, "ValidationError")
+    assert (letter["id"], letter["last_error"]["type"]) == (broken, "InvalidJobArguments")
 
     shown = ok(db_url, tmp_path, "jobs", "show", str(broken))
     assert "  status:        failed (FAILURE)\n" in shown
     assert "  errors:        1\n" in shown
     assert "  last traceback:\n    Traceback (most recent call last):\n" in shown
-    assert "pydantic_core._pydantic_core.ValidationError" in shown
+    assert "backend.errors.InvalidJobArguments: invalid job: args.sleep" in shown
+    assert "-1" not in shown.split("last traceback:")[1], "the stored input is not quoted"
 
     retried = ok(db_url, tmp_path, "jobs", "retry", str(broken))
     assert retried.startswith(f"job {broken} will run again\n")

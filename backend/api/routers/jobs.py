@@ -197,7 +197,7 @@ async def create_job(
         if replayed is not None:
             response.status_code = status.HTTP_200_OK
             response.headers["Idempotent-Replayed"] = "true"
-            return await jobs.get_job(conn, replayed)
+            return jobs.masked(await jobs.get_job(conn, replayed), apps.mask_args)
     job_id = await defer.defer(conn, task, body.args, **body.options())
     if idempotency_key is not None:
         await conn.execute(
@@ -210,7 +210,7 @@ async def create_job(
             },
         )
     response.headers["Location"] = f"/jobs/{job_id}"
-    return await jobs.get_job(conn, job_id)
+    return jobs.masked(await jobs.get_job(conn, job_id), apps.mask_args)
 
 
 TIME_EXAMPLE = parameter_examples(utc=("A UTC time", "2030-01-01T08:00:00Z"))
@@ -247,6 +247,7 @@ TIME_EXAMPLE = parameter_examples(utc=("A UTC time", "2030-01-01T08:00:00Z"))
 async def list_jobs(
     conn: Conn,
     caller: Reader,
+    apps: Apps,
     status: Annotated[
         list[jobs.JobStatus] | None,
         Query(
@@ -332,7 +333,8 @@ async def list_jobs(
         finished_after=finished_after,
         finished_before=finished_before,
     )
-    return await jobs.list_jobs(conn, filters, limit=limit, cursor=cursor)
+    page = await jobs.list_jobs(conn, filters, limit=limit, cursor=cursor)
+    return jobs.masked_page(page, apps.mask_args)
 
 
 @router.get(
@@ -365,6 +367,7 @@ async def read_job(
     pool: Pool,
     watcher: Watcher,
     caller: Reader,
+    apps: Apps,
     wait: Annotated[
         float,
         Query(
@@ -390,8 +393,9 @@ async def read_job(
 
     if wait <= 0:
         async with connect() as conn:
-            return await jobs.get_job(conn, job_id)
-    return await wait_until_finished(watcher, job_id, wait, connect)
+            return jobs.masked(await jobs.get_job(conn, job_id), apps.mask_args)
+    job = await wait_until_finished(watcher, job_id, wait, connect)
+    return jobs.masked(job, apps.mask_args)
 
 
 @router.post(
@@ -418,12 +422,12 @@ async def read_job(
         **UNAVAILABLE,
     },
 )
-async def cancel_job(job_id: JobId, conn: Conn, caller: Operator) -> jobs.JobView:
+async def cancel_job(job_id: JobId, conn: Conn, caller: Operator, apps: Apps) -> jobs.JobView:
     """Cancel a waiting job, or ask a running one to abort (the task sees the request).
 
     Recorded in the audit log under the token's name. Needs the operate scope.
     """
-    return await jobs.cancel_job(conn, job_id, actor=caller.name)
+    return jobs.masked(await jobs.cancel_job(conn, job_id, actor=caller.name), apps.mask_args)
 
 
 @router.post(
@@ -449,10 +453,10 @@ async def cancel_job(job_id: JobId, conn: Conn, caller: Operator) -> jobs.JobVie
         **UNAVAILABLE,
     },
 )
-async def retry_job(job_id: JobId, conn: Conn, caller: Operator) -> jobs.JobView:
+async def retry_job(job_id: JobId, conn: Conn, caller: Operator, apps: Apps) -> jobs.JobView:
     """Run a failed, cancelled or aborted job again, now.
 
     Its history (events, errors, attempts) stays; its progress and result go. Recorded in the
     audit log under the token's name. Needs the operate scope.
     """
-    return await jobs.retry_job(conn, job_id, actor=caller.name)
+    return jobs.masked(await jobs.retry_job(conn, job_id, actor=caller.name), apps.mask_args)
