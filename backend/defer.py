@@ -28,6 +28,7 @@ from pydantic import (
     model_validator,
 )
 
+from backend import tracing
 from backend.declare.registry import TaskDefinition, describe_validation_error
 from backend.errors import AlreadyQueued
 from backend.queries import QUERIES
@@ -172,10 +173,16 @@ def make_job(
     queueing_lock: str | None = None,
 ) -> Job:
     """Validate the arguments and build the job row to insert, with the task's defaults."""
+    queue = queue or task.queue
+    task_kwargs = task.validate_args(args)
+    if tracing.enabled():
+        with tracing.defer_span(task.name, queue) as trace_context:
+            if trace_context:  # a trace is active: the run joins it
+                task_kwargs[tracing.TRACE_KEY] = trace_context
     return Job(
         task_name=task.name,
-        task_kwargs=task.validate_args(args),
-        queue=queue or task.queue,
+        task_kwargs=task_kwargs,
+        queue=queue,
         priority=task.priority if priority is None else priority,
         lock=lock if lock is not None else task.lock,
         queueing_lock=queueing_lock if queueing_lock is not None else task.queueing_lock,

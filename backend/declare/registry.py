@@ -22,6 +22,7 @@ from backend.declare.policy import RateLimit, Retry, TaskDefaults
 from backend.declare.secrets import mask, reveal, secret_paths
 from backend.errors import InvalidJobArguments
 from backend.runtime.context import TaskContext
+from backend.tracing import TRACE_KEY, split_trace
 
 ArgsT = TypeVar("ArgsT", bound=BaseModel)
 JSONDict = dict[str, Any]
@@ -161,7 +162,10 @@ class TaskDefinition(Generic[ArgsT]):
         return stored
 
     def mask(self, args: Mapping[str, Any]) -> dict[str, Any]:
-        """``args`` as shown outside the database: secret fields masked."""
+        """``args`` as shown outside the database: secret fields masked, and without the trace
+        context that travels with them (backend.tracing)."""
+        if TRACE_KEY in args:
+            args = split_trace(args)[0]
         return mask(self.args_model, args) if secret_paths(self.args_model) else dict(args)
 
     def describe_retry(self) -> dict[str, Any] | None:

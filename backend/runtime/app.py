@@ -16,6 +16,7 @@ from procrastinate import JobContext
 from psycopg.rows import dict_row
 from pydantic import ValidationError
 
+from backend import tracing
 from backend.declare.registry import (
     TaskBlueprint,
     TaskDefinition,
@@ -79,6 +80,8 @@ def procrastinate_function(definition: TaskDefinition[Any]) -> Callable[..., Any
     takes_args, takes_context = definition.takes_args, definition.takes_context
 
     def call_args(job_context: JobContext, kwargs: dict[str, Any]) -> tuple[Any, ...]:
+        if tracing.TRACE_KEY in kwargs:
+            kwargs = tracing.split_trace(kwargs)[0]
         try:
             parsed = model.model_validate(kwargs)
         except ValidationError as exc:  # its text would quote the input, secrets included
@@ -91,12 +94,23 @@ def procrastinate_function(definition: TaskDefinition[Any]) -> Callable[..., Any
     if definition.is_async:
 
         async def run_async(job_context: JobContext, **kwargs: Any) -> Any:
-            return to_json(await func(*call_args(job_context, kwargs)))
+            if not tracing.enabled():
+                return to_json(await func(*call_args(job_context, kwargs)))
+            kwargs, carrier = tracing.split_trace(kwargs)
+            with tracing.run_span(definition.name, job_context.job.id, carrier):
+                return to_json(await func(*call_args(job_context, kwargs)))
 
         runner: Callable[..., Any] = run_async
     else:
 
         def run_sync(job_context: JobContext, **kwargs: Any) -> Any:
+            if not tracing.enabled():
+                return run_sync_untraced(job_context, kwargs)
+            kwargs, carrier = tracing.split_trace(kwargs)
+            with tracing.run_span(definition.name, job_context.job.id, carrier):
+                return run_sync_untraced(job_context, kwargs)
+
+        def run_sync_untraced(job_context: JobContext, kwargs: dict[str, Any]) -> Any:
             def target() -> Any:
                 return to_json(func(*call_args(job_context, kwargs)))
 
