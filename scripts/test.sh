@@ -8,4 +8,8 @@ python3 -m venv .venv
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy
+# promtool checks the /metrics output (tests/integration/test_stats.py): Debian's prometheus.
+if ! command -v promtool >/dev/null; then
+    apt-get update -qq && apt-get install -y -qq prometheus >/dev/null
+fi
 .venv/bin/pytest "$@"

@@ -11,7 +11,17 @@ from fastapi import FastAPI
 from backend.api.errors import install_error_handlers
 from backend.api.middleware import BodySizeLimit
 from backend.api.openapi import TaskhubAPI
-from backend.api.routers import alerts, backups, health, jobs, queues, schedules, tasks, workers
+from backend.api.routers import (
+    alerts,
+    backups,
+    health,
+    jobs,
+    queues,
+    schedules,
+    stats,
+    tasks,
+    workers,
+)
 from backend.api.schemas import MAX_BODY_BYTES
 from backend.control.waiting import JobWatcher
 from backend.db import create_pool
@@ -38,6 +48,7 @@ TAGS: list[dict[str, Any]] = [
     {"name": "schedules", "description": "Periodic tasks: next tick, last run."},
     {"name": "backups", "description": "The database's own backups: runs, files, failures."},
     {"name": "alerts", "description": "Alert rules firing now and recent transitions."},
+    {"name": "stats", "description": "Statistics that outlive pruning; Prometheus metrics."},
     {"name": "health", "description": "Whether the API and its database can serve."},
 ]
 
@@ -95,6 +106,7 @@ def create_app(
         backups.router,
         workers.router,
         alerts.router,
+        stats.router,
         *apps.routers,
     )
     return app

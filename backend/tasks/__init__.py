@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from backend.declare.apps import TaskhubApp
-from backend.tasks import alerts, backups, builtin, hooks, maintenance
+from backend.tasks import alerts, backups, builtin, hooks, maintenance, stats
 
 app = TaskhubApp(
     name="taskhub",
@@ -13,6 +13,9 @@ app = TaskhubApp(
         maintenance.blueprint,
         backups.blueprint,
         alerts.blueprint,
+        stats.blueprint,
     ),
-    description="Built-in tasks: ping, failure hooks, pruning and rescue, backups, alerts.",
+    description=(
+        "Built-in tasks: ping, failure hooks, pruning and rescue, backups, alerts, statistics."
+    ),
 )

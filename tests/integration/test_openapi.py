@@ -174,6 +174,7 @@ def test_document_is_valid_openapi_3_1() -> None:
         "backups",
         "workers",
         "alerts",
+        "stats",
         "health",
     }, "the examples' routes appear only where their apps are enabled"
 
