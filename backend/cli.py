@@ -23,7 +23,7 @@ from pythonjsonlogger.json import JsonFormatter
 
 from backend import defer
 from backend.auth import parse_tokens
-from backend.control import doctor, jobs, queues, schedules, workers
+from backend.control import doctor, jobs, queues, schedules, stats, workers
 from backend.control.waiting import JobWatcher, reuse, wait_until_finished
 from backend.db import DictConnection, check_database, describe_database
 from backend.declare.apps import LoadedApps, load_apps
@@ -190,6 +190,56 @@ def workers_table(rows: Sequence[workers.WorkerInfo]) -> str:
             f"{beat:%Y-%m-%d %H:%M:%S} {row.jobs_running:>7} {row.jobs_done:>9}"
         )
     return "\n".join(lines) if rows else "no workers yet"
+
+
+PERIOD_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
+
+
+def _period(text: str) -> datetime.timedelta:
+    """``90s``, ``15m``, ``1h``, ``7d`` (or plain seconds), at most 366 days."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)([smhd]?)", text.strip())
+    if not match:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a period such as 15m, 1h or 7d")
+    seconds = float(match.group(1)) * PERIOD_UNITS[match.group(2) or "s"]
+    if not 0 < seconds <= 366 * 86_400:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a period above 0 and up to 366d")
+    return datetime.timedelta(seconds=seconds)
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def stats_table(answer: stats.StatsAnswer) -> str:
+    """One row per task and queue over the whole period (one step)."""
+    header = (
+        f"{'TASK':<32} {'QUEUE':<16} {'SUCCEEDED':>9} {'FAILED':>6} {'RETRIED':>7} "
+        f"{'ABORTED':>7} {'P50 s':>8} {'P95 s':>8} {'P99 s':>8}"
+    )
+    lines = [header]
+    for series in sorted(answer.series, key=lambda item: (item.task, item.queue)):
+        for point in series.points:
+            lines.append(
+                f"{series.task:<32} {series.queue:<16} {point.succeeded:>9} {point.failed:>6} "
+                f"{point.retried:>7} {point.aborted:>7} {_seconds(point.p50):>8} "
+                f"{_seconds(point.p95):>8} {_seconds(point.p99):>8}"
+            )
+    return "\n".join(lines) if len(lines) > 1 else "no finished jobs in that period"
+
+
+def _stats_command(settings: Settings, args: argparse.Namespace) -> int:
+    """``taskhub stats``: one step over the period, so one row per task and queue."""
+
+    async def show(url: str) -> int:
+        until = datetime.datetime.now(datetime.UTC)
+        since = until - args.since
+        step = max(60, int(args.since.total_seconds()))
+        async with await _connect(url) as conn:
+            answer = await stats.series(conn, since, until, step, args.task, args.queue)
+        print(answer.model_dump_json(indent=2) if args.json else stats_table(answer))
+        return 0
+
+    return _on_database(settings, show)
 
 
 def _workers_command(settings: Settings, args: argparse.Namespace) -> int:
@@ -452,6 +502,22 @@ def build_parser() -> argparse.ArgumentParser:
         description="Periodic tasks, built-in maintenance included (TASKHUB_TIMEZONE, "
         "TASKHUB_SCHEDULES).",
     )
+    stats_cmd = commands.add_parser(
+        "stats",
+        help="per task and queue: outcomes and duration percentiles over a period",
+        description="Outcomes and duration percentiles per task and queue, from the statistics "
+        "kept after jobs are pruned (rolled up every minute).",
+    )
+    stats_cmd.add_argument("--task", help="only this task")
+    stats_cmd.add_argument("--queue", help="only this queue")
+    stats_cmd.add_argument(
+        "--since",
+        type=_period,
+        default=datetime.timedelta(hours=1),
+        metavar="PERIOD",
+        help="how far back: 90s, 15m, 1h (default), 7d",
+    )
+    stats_cmd.add_argument("--json", action="store_true", help="print the answer as JSON")
     backups_cmd = commands.add_parser(
         "backups",
         help="recent backup runs: file, size, duration, status",
@@ -1002,6 +1068,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _backups_command(settings, args)
         elif args.command == "workers":
             return _workers_command(settings, args)
+        elif args.command == "stats":
+            return _stats_command(settings, args)
         elif args.command == "purge":
             return _purge_command(settings, args)
     except TaskhubError as exc:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import json
 import shutil
 import subprocess
 
 import httpx
 import pytest
 
-from backend import defer
+from backend import cli, defer
 from backend.control import stats
 from backend.db import DictConnection
 from backend.declare.registry import PeriodicArgs, TaskBlueprint
@@ -155,3 +156,42 @@ async def test_stats_slow_jobs_and_metrics_over_the_api(
         check=False,
     )
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+async def test_taskhub_stats_prints_one_row_per_task_and_queue(
+    conn: DictConnection,
+    settings: Settings,
+    db_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    await conn.set_autocommit(True)
+    await conn.execute(
+        "UPDATE taskhub.stats_watermark SET rolled_up_to = now() - interval '1 second'"
+    )
+    await finish_jobs(conn, settings, db_url)
+    await roll_up(conn)
+    monkeypatch.setenv("DATABASE_URL", db_url)
+
+    def taskhub(*argv: str) -> str:
+        assert cli.main(list(argv)) == 0
+        return capsys.readouterr().out
+
+    table = await asyncio.to_thread(taskhub, "stats", "--since", "1h")
+    rows = {line.split()[0]: line.split() for line in table.splitlines()[1:]}
+    assert rows["taskhub.ping"][1:5] == ["emails", "3", "0", "0"]
+    assert rows["tests.stats_flaky"][1:5] == ["default", "0", "1", "1"]
+    only = await asyncio.to_thread(taskhub, "stats", "--task", "taskhub.ping", "--json")
+    assert [series["task"] for series in json.loads(only)["series"]] == ["taskhub.ping"]
+    empty = await asyncio.to_thread(taskhub, "stats", "--queue", "nowhere")
+    assert empty.strip() == "no finished jobs in that period"
+
+
+@pytest.mark.parametrize("period", ["soon", "0m", "400d", "-5s"])
+def test_taskhub_stats_refuses_a_bad_period(
+    period: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["stats", "--since", period])
+    assert exited.value.code == 2
+    assert "--since" in capsys.readouterr().err
