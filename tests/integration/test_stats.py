@@ -15,6 +15,7 @@ from backend import cli, defer
 from backend.control import stats
 from backend.db import DictConnection
 from backend.declare.registry import PeriodicArgs, TaskBlueprint
+from backend.queries import QUERIES
 from backend.settings import Settings
 from backend.tasks.builtin import ping
 from tests.conftest import BLUEPRINTS, READ_TOKEN, bearer, eventually
@@ -195,3 +196,48 @@ def test_taskhub_stats_refuses_a_bad_period(
         cli.main(["stats", "--since", period])
     assert exited.value.code == 2
     assert "--since" in capsys.readouterr().err
+
+
+@blueprint.task(name="tests.stats_limited", rate_limit="2/s")
+async def limited_task() -> None:
+    pass
+
+
+async def test_rescues_and_rate_limits_are_counted(
+    conn: DictConnection, settings: Settings, db_url: str
+) -> None:
+    await conn.set_autocommit(True)
+    await conn.execute(
+        "UPDATE taskhub.stats_watermark SET rolled_up_to = now() - interval '1 second'"
+    )
+    # A job whose worker vanished mid-run: rescued (a WorkerLost attempt), then run again.
+    lost = await defer.defer(conn, ping, {"message": "lost"}, queue="rescues")
+    await conn.execute(
+        "UPDATE procrastinate_jobs SET status = 'doing', worker_id = NULL WHERE id = %s", (lost,)
+    )
+    cursor = await conn.execute(QUERIES["rescue_stalled_jobs"], {"seconds": 60})
+    assert [row["id"] for row in await cursor.fetchall()] == [lost]
+    limited_ids = [await defer.defer(conn, limited_task, {}) for _ in range(5)]
+    quick = settings.model_copy(update={"fetch_polling_interval": 0.1})
+    async with running_worker(quick, db_url, blueprints=TEST_BLUEPRINTS):
+
+        async def done() -> bool:
+            cursor = await conn.execute(
+                "SELECT count(*) AS n FROM procrastinate_jobs"
+                " WHERE status = 'succeeded' AND id = ANY(%s)",
+                ([lost, *limited_ids],),
+            )
+            row = await cursor.fetchone()
+            return row is not None and row["n"] == 6
+
+        await eventually(done, within=30)
+    await roll_up(conn)
+    cursor = await conn.execute(
+        "SELECT task_name, sum(rescued) AS rescued, sum(rate_limited) AS rate_limited,"
+        " sum(succeeded) AS succeeded FROM taskhub.task_stats"
+        " WHERE task_name IN ('taskhub.ping', 'tests.stats_limited') GROUP BY task_name"
+    )
+    counted = {row["task_name"]: row for row in await cursor.fetchall()}
+    assert (counted["taskhub.ping"]["rescued"], counted["taskhub.ping"]["succeeded"]) == (1, 1)
+    assert counted["tests.stats_limited"]["succeeded"] == 5
+    assert counted["tests.stats_limited"]["rate_limited"] >= 1, "5 jobs at 2/s waited"
