@@ -100,10 +100,10 @@ async def read_metrics(conn: DictConnection, alive_seconds: float) -> list[Metri
     if overview["last_backup"] is not None:
         backup.add_metric([], float(overview["last_backup"]))
     alerts = GaugeMetricFamily(
-        "taskhub_alerts_last_hour", "Alert events raised in the last hour", labels=["severity"]
+        "taskhub_alerts_firing", "Alerts firing now (rule and subject)", labels=["severity"]
     )
     for severity in ("info", "warning", "error", "critical"):
-        alerts.add_metric([severity], overview["alerts_last_hour"].get(severity, 0))
+        alerts.add_metric([severity], overview["alerts_firing"].get(severity, 0))
     return [
         waiting, scheduled, running, oldest, started, *counters.values(), durations,
         workers, backup, alerts,

@@ -232,12 +232,12 @@ SELECT * FROM taskhub.task_totals ORDER BY task_name;
 
 -- metrics_overview --
 -- Workers alive (a heartbeat within %(alive_seconds)s), the last successful backup, and the
--- alert events raised in the last hour by severity.
+-- alerts firing now by severity (taskhub.alert_states, one row per rule and subject).
 SELECT (SELECT count(*) FROM procrastinate_workers
          WHERE last_heartbeat > now() - make_interval(secs => %(alive_seconds)s)) AS workers_alive,
        (SELECT extract(epoch FROM max(finished_at)) FROM taskhub.backups
          WHERE status = 'succeeded') AS last_backup,
        (SELECT coalesce(jsonb_object_agg(severity, n), '{}'::jsonb)
-          FROM (SELECT severity, count(*) AS n FROM taskhub.alert_events
-                 WHERE raised_at > now() - interval '1 hour' GROUP BY severity) recent)
-           AS alerts_last_hour;
+          FROM (SELECT severity, count(*) AS n FROM taskhub.alert_states
+                 WHERE firing GROUP BY severity) firing)
+           AS alerts_firing;

@@ -145,9 +145,16 @@ async def test_stats_slow_jobs_and_metrics_over_the_api(
     assert 'taskhub_jobs_retried_total{task="tests.stats_flaky"} 1.0' in text
     assert 'taskhub_job_duration_seconds_count{task="taskhub.ping"} 3.0' in text
     assert "taskhub_workers_alive 0.0" in text
+    assert 'taskhub_alerts_firing{severity="critical"} 0.0' in text
+    await conn.execute(
+        "INSERT INTO taskhub.alert_states (rule, subject, firing, severity, message, firing_since)"
+        " VALUES ('backlog', 'emails', true, 'critical', 'backlog over 1000', now()),"
+        " ('dead_worker', '7', false, 'critical', 'resolved', now())"
+    )
+    firing = (await client.get("/metrics", headers=reader)).text
+    assert 'taskhub_alerts_firing{severity="critical"} 1.0' in firing
     promtool = shutil.which("promtool")
-    if promtool is None:
-        pytest.skip("promtool is not installed (scripts/test.sh installs it)")
+    assert promtool is not None, "promtool is missing: ./scripts/test.sh installs it"
     check = await asyncio.to_thread(
         subprocess.run,
         [promtool, "check", "metrics"],
