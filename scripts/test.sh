@@ -10,6 +10,6 @@ python3 -m venv .venv
 .venv/bin/mypy
 # promtool checks the /metrics output (tests/integration/test_stats.py): Debian's prometheus.
 if ! command -v promtool >/dev/null; then
-    apt-get update -qq && apt-get install -y -qq prometheus >/dev/null
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
 fi
 .venv/bin/pytest "$@"
