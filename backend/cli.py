@@ -539,6 +539,13 @@ def build_parser() -> argparse.ArgumentParser:
     purge.add_argument("name", type=_queue_name, help="queue name")
     purge.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     commands.add_parser(
+        "hash-password",
+        help="hash a dashboard password for TASKHUB_DASHBOARD_USERS",
+        description="Reads a password (asked twice on a terminal, else one line of standard "
+        "input) and prints its scrypt hash: put it in TASKHUB_DASHBOARD_USERS as "
+        "name=scope:hash. The password itself is never stored.",
+    )
+    commands.add_parser(
         "doctor",
         help="check the database, migrations, apps, workers, schedules, backups, clock, NOTIFY",
         description="Each check prints ok or what to do; exit 1 when one fails.",
@@ -681,6 +688,7 @@ def _serve(
             lines = ["", "taskhub is up", f"  database: {_where(settings, url)}"]
             if api:
                 lines.append(f"  API:      {base}  (OpenAPI docs: {base}/docs)")
+                lines.append(f"  dashboard: {base}/dashboard  (log in with the token)")
                 lines.append(token_line)
             if options:
                 queues = ",".join(options.queues) if options.queues else "all queues"
@@ -1032,6 +1040,29 @@ def _jobs(settings: Settings, apps: LoadedApps, args: argparse.Namespace) -> int
             return 130
 
 
+class PasswordRejected(TaskhubError):
+    exit_code = 2
+
+
+def _hash_password_command() -> int:
+    """``taskhub hash-password``: the scrypt hash of a password read without echo."""
+    import getpass
+
+    from backend.dashboard.passwords import hash_password
+
+    if sys.stdin.isatty():
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != password:
+            raise PasswordRejected("the two passwords differ")
+    else:
+        password = sys.stdin.readline().rstrip("\n")
+    try:
+        print(hash_password(password))
+    except ValueError as exc:
+        raise PasswordRejected(str(exc)) from None
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -1044,7 +1075,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             _serve_demo(settings)
             return 0
         if args.command == "doctor":
-            return _doctor_command(settings)  # a broken app is one of its checks
+            return _doctor_command(settings)
+        if args.command == "hash-password":
+            return _hash_password_command()  # a broken app is one of its checks
         apps = load_apps(settings)  # every app whole, or nothing starts
         if index is not None:
             _worker_process(settings, apps, args)

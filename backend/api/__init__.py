@@ -24,6 +24,7 @@ from backend.api.routers import (
 )
 from backend.api.schemas import MAX_BODY_BYTES
 from backend.control.waiting import JobWatcher
+from backend.dashboard import create_dashboard
 from backend.db import create_pool
 from backend.declare.apps import LoadedApps, load_apps
 from backend.declare.schedules import configured_schedules
@@ -80,6 +81,7 @@ def create_app(
         try:
             yield
         finally:
+            await dashboard.state.resources.close()
             await watcher.stop()
             await pool.close()
 
@@ -109,4 +111,6 @@ def create_app(
         stats.router,
         *apps.routers,
     )
+    dashboard = create_dashboard(settings, database_url=url, apps=apps)
+    app.mount("/dashboard", dashboard)
     return app

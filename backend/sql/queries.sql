@@ -103,12 +103,20 @@ ON CONFLICT (actor, key) DO UPDATE
    SET request_hash = EXCLUDED.request_hash, job_id = EXCLUDED.job_id, created_at = now();
 
 -- write_progress --
--- A running task's latest progress report (throttled by the worker).
-INSERT INTO taskhub.job_progress AS progress (job_id, done, total, message, counters, updated_at)
-VALUES (%(job_id)s, %(done)s, %(total)s, %(message)s, %(counters)s::jsonb, now())
-ON CONFLICT (job_id) DO UPDATE
-   SET done = EXCLUDED.done, total = EXCLUDED.total, message = EXCLUDED.message,
-       counters = EXCLUDED.counters, updated_at = now();
+-- A running task's latest progress report (throttled by the worker). Someone watching the job
+-- (a dashboard's job page registers in taskhub.job_waiters) is told at commit; no one else is.
+WITH written AS (
+    INSERT INTO taskhub.job_progress AS progress
+           (job_id, done, total, message, counters, updated_at)
+    VALUES (%(job_id)s, %(done)s, %(total)s, %(message)s, %(counters)s::jsonb, now())
+    ON CONFLICT (job_id) DO UPDATE
+       SET done = EXCLUDED.done, total = EXCLUDED.total, message = EXCLUDED.message,
+           counters = EXCLUDED.counters, updated_at = now()
+    RETURNING job_id
+)
+SELECT pg_notify('taskhub_job_progress', written.job_id::text)
+  FROM written
+ WHERE EXISTS (SELECT 1 FROM taskhub.job_waiters waiter WHERE waiter.job_id = written.job_id);
 
 -- finish_jobs --
 -- A batch of finished jobs in one statement (one transaction), each through procrastinate's

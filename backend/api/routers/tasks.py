@@ -27,18 +27,6 @@ async def list_tasks(caller: Reader, request: Request, apps: Apps) -> list[TaskI
     are the effective ones: the task's own, else its app's defaults (or the operator's)."""
     overrides = request.app.state.settings.rate_limit_overrides()
     return [
-        TaskInfo(
-            name=task.name,
-            description=task.description,
-            queue=task.queue,
-            priority=task.priority,
-            lock=task.lock,
-            queueing_lock=task.queueing_lock,
-            retry=task.describe_retry(),
-            rate_limit=str(limit) if (limit := overrides.get(task.name, task.rate_limit)) else None,
-            time_limit=task.time_limit,
-            soft_time_limit=task.soft_time_limit,
-            args_schema=task.args_model.model_json_schema(),
-        )
+        TaskInfo.of(task, overrides)
         for task in sorted(apps.tasks.values(), key=lambda task: task.name)
     ]

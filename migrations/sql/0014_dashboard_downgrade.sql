@@ -1,0 +1,1 @@
+DROP INDEX taskhub_jobs_failed_idx;
