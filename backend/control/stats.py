@@ -1,5 +1,6 @@
-"""Task statistics that outlive pruning: the per-minute rollup (written by taskhub.rollup_stats)
-and what is read from it (GET /stats, GET /stats/slow, `taskhub stats`, /metrics)."""
+"""Task statistics that outlive pruning: the per-minute rollup and queue depth samples (written
+by taskhub.rollup_stats) and what is read from them (GET /stats, GET /stats/slow, `taskhub
+stats`, /metrics, the dashboard's charts)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from backend.queries import QUERIES
 # still open (an event's `at` is its transaction's start): see stats_claim_window.
 WINDOW_SECONDS = 600.0
 MAX_WAIT_SECONDS = 300.0
-# Per-minute rows are kept this long (taskhub.task_totals forever), deleted in batches.
+# Per-minute rows and queue depth samples are kept this long (taskhub.task_totals forever),
+# deleted in batches.
 RETENTION_DAYS = 30
 PRUNE_BATCH = 5000
 QUANTILES = (0.5, 0.95, 0.99)
@@ -26,8 +28,10 @@ QUANTILES = (0.5, 0.95, 0.99)
 class RollupReport(BaseModel):
     attempts: int = 0
     windows: int = 0
-    pruned: int = 0
+    pruned: int = Field(default=0, description="Per-minute rows of taskhub.task_stats deleted")
     rolled_up_to: datetime.datetime | None = None
+    queues_sampled: int = Field(default=0, description="Queue depth samples written")
+    depth_pruned: int = Field(default=0, description="Queue depth samples deleted")
 
 
 class Window(NamedTuple):
@@ -54,12 +58,27 @@ async def rollup_window(conn: DictConnection) -> Window | None:
 
 
 async def prune_batch(conn: DictConnection, retention_days: float = RETENTION_DAYS) -> int:
+    return await _prune(conn, "stats_prune", retention_days)
+
+
+async def prune_depth_batch(conn: DictConnection, retention_days: float = RETENTION_DAYS) -> int:
+    return await _prune(conn, "queue_depth_prune", retention_days)
+
+
+async def _prune(conn: DictConnection, query: str, retention_days: float) -> int:
     cursor = await conn.execute(
-        QUERIES["stats_prune"],
-        {"retention_seconds": retention_days * 86_400, "batch": PRUNE_BATCH},
+        QUERIES[query], {"retention_seconds": retention_days * 86_400, "batch": PRUNE_BATCH}
     )
     row = await cursor.fetchone()
     return int(row["deleted"]) if row else 0
+
+
+async def sample_queue_depth(conn: DictConnection) -> int:
+    """Write this minute's depth of every queue with jobs in flight (one statement, on the
+    active jobs alone); the number of queues sampled."""
+    cursor = await conn.execute(QUERIES["queue_depth_sample"])
+    row = await cursor.fetchone()
+    return int(row["queues"]) if row else 0
 
 
 def quantile(bounds: Sequence[float], buckets: Sequence[int], q: float) -> float | None:

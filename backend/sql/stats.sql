@@ -1,5 +1,6 @@
--- Task statistics (backend/tasks/stats.py, backend/control/stats.py, backend/control/metrics.py),
--- in the format of queries.sql. taskhub.task_stats and taskhub.task_totals are migration 0011's.
+-- Task statistics (backend/tasks/stats.py, backend/control/stats.py, backend/control/metrics.py,
+-- backend/dashboard/charts.py), in the format of queries.sql. taskhub.task_stats and
+-- taskhub.task_totals are migration 0011's, taskhub.queue_depth migration 0013's.
 
 -- stats_claim_window --
 -- Lock the watermark (one rollup at a time, whatever the number of workers: the others skip)
@@ -137,6 +138,47 @@ WITH old AS (
 )
 SELECT count(*) AS deleted FROM deleted;
 
+-- queue_depth_sample --
+-- One sample per queue for the current minute: jobs waiting (due), scheduled (not yet due) and
+-- running, counted on the active-jobs index (migration 0010) like metrics_queues, so the cost
+-- follows the jobs in flight. A queue sampled earlier in the minute and empty now gets zeros;
+-- the latest sample of a minute wins.
+WITH counts AS (
+    SELECT queue_name::text AS queue_name,
+           count(*) FILTER (WHERE status = 'todo'
+                              AND (scheduled_at IS NULL OR scheduled_at <= now()))::int AS waiting,
+           count(*) FILTER (WHERE status = 'todo' AND scheduled_at > now())::int AS scheduled,
+           count(*) FILTER (WHERE status = 'doing')::int AS running
+      FROM procrastinate_jobs
+     WHERE status IN ('todo', 'doing')
+     GROUP BY queue_name
+), emptied AS (
+    SELECT depth.queue_name, 0 AS waiting, 0 AS scheduled, 0 AS running
+      FROM taskhub.queue_depth depth
+     WHERE depth.minute = date_trunc('minute', now(), 'UTC')
+       AND NOT EXISTS (SELECT FROM counts WHERE counts.queue_name = depth.queue_name)
+), sampled AS (
+    INSERT INTO taskhub.queue_depth AS depth (minute, queue_name, waiting, scheduled, running)
+    SELECT date_trunc('minute', now(), 'UTC'), sample.*
+      FROM (SELECT * FROM counts UNION ALL SELECT * FROM emptied) sample
+     ORDER BY sample.queue_name
+    ON CONFLICT (minute, queue_name) DO UPDATE SET
+        waiting = excluded.waiting, scheduled = excluded.scheduled, running = excluded.running
+    RETURNING 1
+)
+SELECT count(*) AS queues FROM sampled;
+
+-- queue_depth_prune --
+-- One batch of queue depth samples older than the retention (the primary key leads with minute).
+WITH old AS (
+    SELECT ctid FROM taskhub.queue_depth
+     WHERE minute < now() - make_interval(secs => %(retention_seconds)s)
+     LIMIT %(batch)s
+), deleted AS (
+    DELETE FROM taskhub.queue_depth WHERE ctid IN (SELECT ctid FROM old) RETURNING 1
+)
+SELECT count(*) AS deleted FROM deleted;
+
 -- stats_series --
 -- Per step (counted from since), task and queue over [since, until): outcomes and the summed duration buckets.
 SELECT %(since)s::timestamptz
@@ -154,6 +196,46 @@ SELECT %(since)s::timestamptz
    AND (%(queue)s::text IS NULL OR queue_name = %(queue)s)
  GROUP BY 1, 2, 3
  ORDER BY 2, 3, 1;
+
+-- chart_outcomes --
+-- The dashboard's charts: per step of %(step)s seconds (slot 0 starts at %(since)s) over
+-- [since, until), all tasks and queues together: outcomes and the summed duration buckets.
+-- Reads the range's rows of taskhub.task_stats alone (its primary key leads with minute); the
+-- buckets are summed unnested, by plain sums rather than taskhub.sum_counts row after row.
+WITH stat AS (
+    SELECT floor(extract(epoch FROM minute - %(since)s::timestamptz) / %(step)s)::int AS slot,
+           succeeded, failed, buckets
+      FROM taskhub.task_stats
+     WHERE minute >= %(since)s AND minute < %(until)s
+), outcomes AS (
+    SELECT slot, sum(succeeded)::bigint AS succeeded, sum(failed)::bigint AS failed
+      FROM stat
+     GROUP BY slot
+), histogram AS (
+    SELECT slot, array_agg(total ORDER BY n) AS buckets
+      FROM (SELECT slot, n, sum(count)::bigint AS total
+              FROM stat, unnest(buckets) WITH ORDINALITY AS bucket(count, n)
+             GROUP BY slot, n) per_bucket
+     GROUP BY slot
+)
+SELECT outcomes.slot, outcomes.succeeded, outcomes.failed,
+       coalesce(histogram.buckets, '{}') AS buckets
+  FROM outcomes
+  LEFT JOIN histogram USING (slot)
+ ORDER BY outcomes.slot;
+
+-- chart_queue_depth --
+-- The dashboard's charts: per step of %(step)s seconds (slot 0 starts at %(since)s) over
+-- [since, until), the peak over the step's minutes of the jobs waiting (summed over the queues)
+-- and, apart, of those running. Reads the range's rows of taskhub.queue_depth alone.
+SELECT floor(extract(epoch FROM minute - %(since)s::timestamptz) / %(step)s)::int AS slot,
+       max(waiting)::bigint AS waiting, max(running)::bigint AS running
+  FROM (SELECT minute, sum(waiting) AS waiting, sum(running) AS running
+          FROM taskhub.queue_depth
+         WHERE minute >= %(since)s AND minute < %(until)s
+         GROUP BY minute) per_minute
+ GROUP BY 1
+ ORDER BY 1;
 
 -- stats_bounds --
 SELECT taskhub.stats_bounds() AS bounds;

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from backend.control import stats
+from backend.db import DictConnection
 from backend.declare.registry import PeriodicArgs, TaskBlueprint
 from backend.runtime.context import TaskContext
 
@@ -21,8 +24,9 @@ MAX_WINDOWS = 50
 async def rollup_stats(args: PeriodicArgs, ctx: TaskContext) -> stats.RollupReport:
     """Count the attempts that ended since the last run into taskhub.task_stats (per minute,
     task and queue, kept 30 days) and taskhub.task_totals; one window per transaction, the
-    watermark row locked, so two runs at once never count an event twice. Then delete
-    per-minute rows past retention, in batches."""
+    watermark row locked, so two runs at once never count an event twice. Sample each queue's
+    depth into taskhub.queue_depth (the latest sample of a minute wins). Then delete per-minute
+    rows and samples past retention, in batches."""
     report = stats.RollupReport()
     for _ in range(MAX_WINDOWS):
         async with ctx.connection() as conn:
@@ -34,9 +38,19 @@ async def rollup_stats(args: PeriodicArgs, ctx: TaskContext) -> stats.RollupRepo
         report.windows += 1
         if done.caught_up:
             break
+    async with ctx.connection() as conn:
+        report.queues_sampled = await stats.sample_queue_depth(conn)
+    report.pruned = await prune(ctx, stats.prune_batch)
+    report.depth_pruned = await prune(ctx, stats.prune_depth_batch)
+    return report
+
+
+async def prune(ctx: TaskContext, batch: Callable[[DictConnection], Awaitable[int]]) -> int:
+    """Delete in batches, one transaction each, until a batch comes back short."""
+    pruned = 0
     while True:
         async with ctx.connection() as conn:
-            deleted = await stats.prune_batch(conn)
-        report.pruned += deleted
+            deleted = await batch(conn)
+        pruned += deleted
         if deleted < stats.PRUNE_BATCH:
-            return report
+            return pruned

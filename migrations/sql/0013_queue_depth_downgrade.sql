@@ -1,0 +1,1 @@
+DROP TABLE taskhub.queue_depth;
