@@ -36,7 +36,9 @@ def _login_redirect(request: Request) -> Response:
     here = request.url.path[len(base_path(request)) :] or "/"
     if request.url.query:
         here += "?" + request.url.query
-    return RedirectResponse(f"{base_path(request)}/login?next={quote(here)}", status_code=303)
+    return RedirectResponse(
+        f"{base_path(request)}/login?next={quote(here, safe='')}", status_code=303
+    )
 
 
 def _wants_page(request: Request) -> bool:

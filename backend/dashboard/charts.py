@@ -3,7 +3,7 @@ the last hour, day or week, read from the rollup (taskhub.task_stats, taskhub.qu
 drawn here as inline SVG: no JavaScript, no external assets, every text XML-escaped.
 
 Colours come from CSS classes (``series-succeeded``, ``series-failed``, ``series-waiting``,
-``series-running``, ``series-failure-rate``, ``series-p95``); ``CHART_CSS`` is a starting point.
+``series-running``, ``series-failure-rate``, ``series-p95``), styled by static/dashboard.css.
 Presentation attributes give neutral defaults that any stylesheet overrides.
 """
 
@@ -52,19 +52,6 @@ class Chart(BaseModel):
     title: str
     subtitle: str
     svg: str
-
-
-CHART_CSS = """\
-.chart { width: 100%; height: auto; }
-.chart .series-succeeded { stroke: #2e7d32; color: #2e7d32; }
-.chart .series-failed { stroke: #c62828; color: #c62828; }
-.chart .series-waiting { stroke: #ef6c00; color: #ef6c00; }
-.chart .series-running { stroke: #1565c0; color: #1565c0; }
-.chart .series-failure-rate { stroke: #c62828; color: #c62828; }
-.chart .series-p95 { stroke: #6a1b9a; color: #6a1b9a; }
-.chart .point { fill: currentColor; }
-.chart .hover:hover { fill: currentColor; fill-opacity: 0.08; }
-"""
 
 
 @dataclass(frozen=True)

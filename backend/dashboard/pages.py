@@ -389,7 +389,8 @@ async def failed_action(
             + " (any more): nothing was changed"
         )
     verb = "will run again" if action == "retry" else "cancelled"
-    message = f"Job {job_id} {verb}." if job_id else f"{changed} jobs {verb}."
+    plural = "job" if changed == 1 else "jobs"
+    message = f"Job {job_id} {verb}." if job_id else f"{changed} {plural} {verb}."
     return redirect_with(request, "/failed?" + _query({"task": task, "queue": queue}), message)
 
 
