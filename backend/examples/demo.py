@@ -14,7 +14,8 @@ from backend.settings import Settings
 EXAMPLE_APPS = ("backend.examples.erp", "backend.examples.scheduling")
 #: What to try once the API is up ({auth}: the curl header, {base}: the API's URL).
 TRY_LINES = (
-    "Sync the demo ERP's assets, then poll the status with the task_id it answers:",
+    "In the dashboard ({base}/dashboard): Tasks, erp.sync_assets, Defer; its progress bar moves.",
+    "Or sync the demo ERP's assets, then poll the status with the task_id it answers:",
     "  curl -s -X POST {auth} {base}/erp/sync-assets",
     "  curl -s {auth} {base}/erp/task-status/TASK_ID",
 )
