@@ -97,6 +97,14 @@ def test_up_runs_a_job_and_stops_cleanly(
     assert httpx.get(f"{base}/jobs").status_code == 401
     assert httpx.get(f"{base}/health").json() == {"status": "ok", "database": "ok"}
 
+    # The banner's dashboard address takes the banner's token.
+    assert f"dashboard: {base}/dashboard  (log in with the token)" in up.output
+    with httpx.Client(base_url=base) as browser:
+        assert browser.get("/dashboard/").headers["location"].startswith("/dashboard/login")
+        login = browser.post("/dashboard/login", data={"token": token})
+        assert login.status_code == 303, login.text
+        assert browser.get("/dashboard/").status_code == 200
+
     # The banner's curl commands work as copied.
     method, url, curl_headers, body = curl_request(up, "-X POST")
     created = httpx.request(method, url, headers=curl_headers, content=body)
