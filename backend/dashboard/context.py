@@ -22,7 +22,14 @@ from backend.auth import Scope
 from backend.dashboard.live import LiveHub
 from backend.dashboard.passwords import parse_users
 from backend.dashboard.rendering import Templates
-from backend.dashboard.sessions import COOKIE, CookieSigner, Logins, Session, generated_secret
+from backend.dashboard.sessions import (
+    COOKIE,
+    CookieSigner,
+    Logins,
+    LoginThrottle,
+    Session,
+    generated_secret,
+)
 from backend.dashboard.settings import DashboardSettings
 from backend.db import DictConnection, create_pool
 from backend.declare.apps import LoadedApps
@@ -110,6 +117,7 @@ class Dashboard:
             max_age=dashboard_settings.session_hours * 3600,
         )
         self.resources = Resources(url, settings)
+        self.throttle = LoginThrottle()
         self.templates = Templates()
 
     def session_of(self, request: Request) -> Session | None:

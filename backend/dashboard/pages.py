@@ -96,6 +96,19 @@ async def login(
 ) -> Response:
     """A token, or a user and password; on success the signed session cookie."""
     dashboard = dashboard_of(request)
+    client = request.client.host if request.client else "unknown"
+    wait = dashboard.throttle.retry_after(client)
+    if wait is not None:
+        held = dashboard.templates.page(
+            request,
+            "login.html",
+            status_code=429,
+            next=_safe_next(next),
+            error=f"Too many failed logins from here: try again in {wait:.0f} s.",
+            users=_has_users(dashboard),
+        )
+        held.headers["Retry-After"] = str(int(wait))
+        return held
     if token:
         found = dashboard.logins.with_token(token.strip())
     elif username and password:
@@ -104,6 +117,7 @@ async def login(
     else:
         found = None
     if found is None:
+        dashboard.throttle.failed(client)
         return dashboard.templates.page(
             request,
             "login.html",
@@ -112,6 +126,7 @@ async def login(
             error="That token, or that user and password, is not valid.",
             users=_has_users(dashboard),
         )
+    dashboard.throttle.succeeded(client)
     session, fingerprint = found
     response = RedirectResponse(f"{base_path(request)}{_safe_next(next)}", status_code=303)
     response.set_cookie(

@@ -208,6 +208,19 @@ async def test_the_cookie_is_secure_over_https(settings: Settings, db_url: str) 
         assert "Secure" in answer.headers["set-cookie"]
 
 
+async def test_guessing_is_throttled(settings: Settings, db_url: str) -> None:
+    """Ten failures from one address within five minutes: that address must wait, even
+    with the right token; the answer says how long."""
+    async with dashboard_client(settings, db_url, token=None) as client:
+        for _ in range(10):
+            wrong = await client.post("/dashboard/login", data={"token": "guess-0123456789abc"})
+            assert wrong.status_code == 401
+        held = await client.post("/dashboard/login", data={"token": OPERATE_TOKEN})
+        assert held.status_code == 429
+        assert int(held.headers["retry-after"]) > 200
+        assert "set-cookie" not in held.headers
+
+
 async def test_login_never_redirects_to_another_site(settings: Settings, db_url: str) -> None:
     async with dashboard_client(settings, db_url, token=None) as client:
         for target in ("//evil.example/x", "https://evil.example/", "/\\evil.example"):

@@ -12,7 +12,7 @@ from pydantic import SecretStr, ValidationError
 
 from backend.auth import ApiToken, Scope
 from backend.dashboard.passwords import hash_password, parse_users, verify_password
-from backend.dashboard.sessions import CookieSigner, Logins, generated_secret
+from backend.dashboard.sessions import CookieSigner, Logins, LoginThrottle, generated_secret
 from backend.dashboard.settings import DashboardSettings
 
 SECRET = "s" * 40
@@ -136,3 +136,24 @@ def test_hash_password_command_prints_a_usable_hash() -> None:
     )
     assert short.returncode == 2
     assert "at least 8" in short.stderr
+
+
+def test_failed_logins_are_throttled_per_address() -> None:
+    now = [1000.0]
+    throttle = LoginThrottle(limit=3, window=60, clock=lambda: now[0], max_clients=2)
+    for _ in range(3):
+        assert throttle.retry_after("10.0.0.1") is None
+        throttle.failed("10.0.0.1")
+    assert throttle.retry_after("10.0.0.1") == 60
+    assert throttle.retry_after("10.0.0.2") is None  # another address is not held back
+    now[0] += 30
+    assert throttle.retry_after("10.0.0.1") == 30
+    now[0] += 31
+    assert throttle.retry_after("10.0.0.1") is None  # the failures left the window
+    throttle.failed("10.0.0.1")
+    throttle.succeeded("10.0.0.1")
+    assert throttle.retry_after("10.0.0.1") is None
+    # Memory stays bounded: a flood of addresses keeps at most max_clients.
+    for address in range(100):
+        throttle.failed(f"10.1.0.{address}")
+    assert len(throttle._failures) <= 2
