@@ -240,7 +240,7 @@ def render_svg(
             ' stroke="currentColor" stroke-width="3"/>'
             f'<text x="{x + 18:.1f}" y="15">{esc(line.name)}</text>'
         )
-        x += 30 + 6 * len(line.name)
+        x += 36 + 8 * len(line.name)
     parts.append("</g>")
     if blank:
         parts.append(

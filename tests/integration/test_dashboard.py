@@ -685,6 +685,8 @@ async def test_a_job_page_streams_its_progress_until_it_finishes(
     assert len(set(percents)) >= 3, jobs
     assert percents == sorted(percents)
     assert jobs[-1]["status"] == "succeeded"
+    assert jobs[-1]["state"] == "SUCCESS"
+    assert "PROGRESS" in {job["state"] for job in jobs}
     assert jobs[-1]["percent"] == 100
     assert events[-1][0] == "reload"
     cursor = await conn.execute("SELECT count(*) AS n FROM taskhub.job_waiters")

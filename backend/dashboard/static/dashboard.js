@@ -34,6 +34,7 @@ function showJob(job) {
   setText("job-progress-text", text);
   setText("job-progress-message", job.message || "");
   setText("job-attempts", String(job.attempts));
+  setText("job-state", `(${job.state})`);
   const status = document.querySelector("#job-status .badge");
   if (status) {
     status.textContent = job.status;
