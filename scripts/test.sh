@@ -12,4 +12,9 @@ python3 -m venv .venv
 if ! command -v promtool >/dev/null; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
 fi
+# The dashboard's browser tests (tests/e2e/test_dashboard_in_browser.py) drive Debian's Chromium
+# with Playwright (installed by pip above); never Playwright's own browser download.
+if [ ! -x /usr/bin/chromium ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
+fi
 .venv/bin/pytest "$@"

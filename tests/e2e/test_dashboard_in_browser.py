@@ -1,0 +1,434 @@
+"""The dashboard in a real browser: Debian's Chromium driven by Playwright, against a real
+`taskhub up` (API, worker, schedules) on a real database, with an app of test tasks.
+
+Each page's screenshot is saved in test-artifacts/dashboard/; with TASKHUB_SCREENSHOTS=<dir>,
+the README's two images are written there too."""
+
+from __future__ import annotations
+
+import os
+import re
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi.routing import APIRoute
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from backend.dashboard import pages
+from tests.conftest import create_database, drop_database
+from tests.e2e.conftest import TaskhubProcess, clean_env, free_port
+
+pytestmark = pytest.mark.e2e
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+OPERATE = "browser-operate-token-0123456789"
+READ = "browser-read-token-0123456789"
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "dashboard"
+
+APP = '''
+"""Tasks for the dashboard's browser tests (loaded with --app browserapp.jobs)."""
+
+import os
+import time
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from backend.declare.apps import TaskhubApp
+from backend.declare.registry import TaskBlueprint
+from backend.runtime.context import TaskContext
+
+blueprint = TaskBlueprint()
+
+
+class Steps(BaseModel):
+    steps: int = 8
+    pause: float = 0.7
+
+
+@blueprint.task(name="browser.steps", queue="reports")
+def steps(args: Steps, ctx: TaskContext) -> int:
+    """Count to `steps`, reporting each one."""
+    for done in range(1, args.steps + 1):
+        time.sleep(args.pause)
+        ctx.progress(done=done, total=args.steps, message=f"step {done} of {args.steps}")
+    return args.steps
+
+
+class Flaky(BaseModel):
+    marker: str
+
+
+@blueprint.task(name="browser.flaky", queue="default", retry=False)
+def flaky(args: Flaky) -> str:
+    """Fail until the marker file exists."""
+    if not Path(args.marker).exists():
+        raise ConnectionError("the ERP answered 503")
+    return "recovered"
+
+
+class Nothing(BaseModel):
+    pass
+
+
+@blueprint.task(name="browser.quick", queue="quiet")
+def quick(args: Nothing) -> str:
+    """Return at once."""
+    return "done"
+
+
+app = TaskhubApp(name="browserapp", blueprints=[blueprint])
+'''
+
+
+class Server:
+    def __init__(self, base: str, tmp: Path, url: str) -> None:
+        self.base, self.tmp, self.url = base, tmp, url
+
+    def dashboard(self, path: str = "/") -> str:
+        return f"{self.base}/dashboard{path}"
+
+
+@pytest.fixture(scope="module")
+def server(
+    admin_url: str, template_name: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    """One `taskhub up` for the module, with the test app and two tokens."""
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: scripts/test.sh installs Debian's chromium")
+    tmp = tmp_path_factory.mktemp("browser")
+    (tmp / "browserapp").mkdir()
+    (tmp / "browserapp" / "__init__.py").write_text("")
+    (tmp / "browserapp" / "jobs.py").write_text(textwrap.dedent(APP))
+    name = f"taskhub_browser_{os.getpid()}"
+    url = create_database(admin_url, name, template=template_name)
+    port = free_port()
+    env = clean_env(
+        DATABASE_URL=url,
+        PYTHONPATH=str(tmp),
+        TASKHUB_TOKENS=f"ops=operate:{OPERATE},viewer=read:{READ}",
+        TASKHUB_DATA_DIR=str(tmp / ".taskhub"),
+        TASKHUB_API_PORT=str(port),
+        TASKHUB_WORKER_PROCESSES="1",
+        TASKHUB_WORKER_CONCURRENCY="4",
+    )
+    process = TaskhubProcess(["up", "--app", "browserapp.jobs"], tmp, env)
+    try:
+        process.wait_for_line("taskhub is up", timeout=90)
+        yield Server(f"http://127.0.0.1:{port}", tmp, url)
+    finally:
+        if process.process.poll() is None:
+            process.stop()
+        drop_database(admin_url, name)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()
+
+
+def login(browser: Browser, server: Server, token: str) -> Page:
+    page = browser.new_page(viewport={"width": 1360, "height": 900})
+    page.on("dialog", lambda dialog: dialog.accept())
+    page.goto(server.dashboard("/"))
+    expect(page).to_have_url(re.compile(r"/dashboard/login\?next="))
+    page.fill("input[name=token]", token)
+    page.click("button[type=submit]")
+    expect(page.locator("header.top")).to_be_visible()
+    return page
+
+
+def shoot(page: Page, name: str, *, readme: bool = False) -> None:
+    """A full-page screenshot in test-artifacts/dashboard/; with ``readme``, also the README's
+    image in $TASKHUB_SCREENSHOTS (docs/images) when that is set."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+    folder = os.environ.get("TASKHUB_SCREENSHOTS")
+    if readme and folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(Path(folder) / f"dashboard-{name}.png"))
+
+
+def defer_from_tasks_page(page: Page, server: Server, task: str, args: str) -> int:
+    """The Tasks page's form: defer by hand, land on the job's page."""
+    page.goto(server.dashboard("/tasks"))
+    card = page.locator(f"details[id='task-{task}']")
+    card.locator("summary").click()
+    card.locator("textarea[name=args]").fill(args)
+    card.get_by_role("button", name="Defer").click()
+    expect(page).to_have_url(re.compile(r"/dashboard/jobs/\d+$"))
+    return int(page.url.rsplit("/", 1)[1])
+
+
+def test_logging_in_with_a_token(browser: Browser, server: Server) -> None:
+    page = browser.new_page()
+    page.goto(server.dashboard("/queues"))
+    expect(page).to_have_url(re.compile(r"/dashboard/login\?next=%2Fqueues$"))
+    shoot(page, "login")
+    page.fill("input[name=token]", "a-wrong-token-0123456789")
+    page.click("button[type=submit]")
+    expect(page.get_by_role("alert")).to_contain_text("not valid")
+    page.fill("input[name=token]", OPERATE)
+    page.click("button[type=submit]")
+    expect(page).to_have_url(server.dashboard("/queues"))
+    expect(page.locator(".who")).to_contain_text("ops")
+    page.close()
+
+
+def test_a_running_jobs_progress_bar_moves_without_reloading(
+    browser: Browser, server: Server
+) -> None:
+    page = login(browser, server, OPERATE)
+    job_id = defer_from_tasks_page(page, server, "browser.steps", '{"steps": 8, "pause": 0.7}')
+    page.evaluate("() => { window.__sameDocument = true; }")
+    bar = page.locator("#job-progress-bar")
+    seen: list[int] = []
+    for at_least in (2, 4, 6):
+        # 12.5% a step: wait until the bar shows at least that many steps done.
+        page.wait_for_function(
+            "least => document.getElementById('job-progress-bar').value >= least",
+            arg=at_least * 12.5,
+            timeout=15_000,
+        )
+        seen.append(int(bar.evaluate("bar => bar.value")))
+        assert page.evaluate("() => window.__sameDocument === true"), "the page was reloaded"
+    assert seen == sorted(seen)
+    assert seen[-1] > seen[0]
+    expect(page.locator("#job-progress-message")).to_contain_text("of 8")
+    shoot(page, "job-running")
+    # Once finished the page reloads itself once, with the result.
+    expect(page.locator("#job-status")).to_contain_text("succeeded", timeout=15_000)
+    expect(page.locator("#job-result")).to_contain_text("8")
+    expect(page.locator("#job-progress-text")).to_contain_text("8 / 8 (100%)")
+    assert page.url == server.dashboard(f"/jobs/{job_id}")
+    page.close()
+
+
+def test_a_failed_job_retried_from_the_failed_page_succeeds(
+    browser: Browser, server: Server
+) -> None:
+    page = login(browser, server, OPERATE)
+    marker = server.tmp / "erp-is-back"
+    job_id = defer_from_tasks_page(page, server, "browser.flaky", f'{{"marker": "{marker}"}}')
+    expect(page.locator("#job-status")).to_contain_text("failed", timeout=15_000)
+    expect(page.locator(".error-detail")).to_contain_text("the ERP answered 503")
+    expect(page.locator(".traceback")).to_contain_text("ConnectionError")
+    page.goto(server.dashboard("/failed?task=browser.flaky"))
+    row = page.locator("tr", has=page.locator(f"a[href='/dashboard/jobs/{job_id}']"))
+    expect(row).to_contain_text("the ERP answered 503")
+    shoot(page, "failed")
+    marker.write_text("ok")
+    row.get_by_role("button", name="Retry").click()
+    expect(page.locator(".flash")).to_contain_text(f"Job {job_id} will run again")
+    page.goto(server.dashboard(f"/jobs/{job_id}"))
+    expect(page.locator("#job-status")).to_contain_text("succeeded", timeout=15_000)
+    expect(page.locator("#job-result")).to_contain_text("recovered")
+    page.goto(server.dashboard("/audit"))
+    expect(page.locator("table")).to_contain_text("dashboard:ops")
+    shoot(page, "audit")
+    page.close()
+
+
+def test_pausing_and_resuming_a_queue(browser: Browser, server: Server) -> None:
+    page = login(browser, server, OPERATE)
+    page.goto(server.dashboard("/queues"))
+    page.fill("#pause-any input[name=queue]", "quiet")
+    page.click("#pause-any button[type=submit]")
+    expect(page.locator(".flash")).to_contain_text("Queue quiet paused.")
+    quiet = page.locator("tr[data-queue='quiet']")
+    expect(quiet.locator(".badge")).to_have_text("paused")
+    job_id = defer_from_tasks_page(page, server, "browser.quick", "{}")
+    page.wait_for_timeout(2000)  # a worker serves every queue: only the pause holds it
+    page.reload()
+    expect(page.locator("#job-status")).to_contain_text("todo")
+    page.goto(server.dashboard("/queues"))
+    expect(quiet).to_contain_text("1")
+    shoot(page, "queues")
+    quiet.get_by_role("button", name="Resume").click()
+    expect(page.locator(".flash")).to_contain_text("Queue quiet resumed.")
+    page.goto(server.dashboard(f"/jobs/{job_id}"))
+    expect(page.locator("#job-status")).to_contain_text("succeeded", timeout=15_000)
+    page.close()
+
+
+def test_a_read_only_user_sees_no_buttons_and_the_server_refuses_its_actions(
+    browser: Browser, server: Server
+) -> None:
+    operator = login(browser, server, OPERATE)
+    job_id = defer_from_tasks_page(operator, server, "browser.quick", "{}")
+    operator.close()
+    page = login(browser, server, READ)
+    expect(page.locator(".who")).to_contain_text("read")
+    for path in ("/queues", "/tasks", f"/jobs/{job_id}", "/failed", "/schedules", "/backups"):
+        page.goto(server.dashboard(path))
+        # The logout form is the only form that posts.
+        expect(page.locator("form[method=post]")).to_have_count(1)
+    csrf = page.locator("form[action$='/logout'] input[name=csrf]").get_attribute("value")
+    assert csrf
+    refused = page.request.post(
+        server.dashboard(f"/jobs/{job_id}/retry"), form={"csrf": csrf}, max_redirects=0
+    )
+    assert refused.status == 403
+    assert "needs the operate scope" in refused.text()
+    paused = page.request.post(
+        server.dashboard("/queues/default/pause"), form={"csrf": csrf}, max_redirects=0
+    )
+    assert paused.status == 403
+    page.goto(server.dashboard("/queues"))
+    expect(page.locator(".badge.status-paused")).to_have_count(0)
+    page.close()
+
+
+def test_an_action_without_a_csrf_token_is_refused(browser: Browser, server: Server) -> None:
+    page = login(browser, server, OPERATE)
+    answer = page.request.post(server.dashboard("/queues/default/pause"), max_redirects=0)
+    assert answer.status == 403
+    assert "CSRF" in answer.text()
+    forged = page.request.post(
+        server.dashboard("/queues/default/pause"), form={"csrf": "forged"}, max_redirects=0
+    )
+    assert forged.status == 403
+    page.goto(server.dashboard("/queues"))
+    expect(page.locator(".badge.status-paused")).to_have_count(0)
+    page.close()
+
+
+def _example(path: str) -> str:
+    """A route's path with its parameters filled in."""
+    return (
+        path.replace("{job_id}", "1")
+        .replace("{name}", "default")
+        .replace("{task_name}", "taskhub.rollup_stats")
+        .replace("{action}", "retry" if "/jobs/" in path or "/failed/" in path else "pause")
+    )
+
+
+def test_every_route_without_a_session(browser: Browser, server: Server) -> None:
+    """Every route of the dashboard's router, found from the router itself: pages redirect to
+    the login form, actions and live streams answer 401; only the login form is public."""
+    routes = [route for route in pages.router.routes if isinstance(route, APIRoute)]
+    assert len(routes) >= 20
+    context = browser.new_context()
+    checked = 0
+    for route in routes:
+        for method in sorted(route.methods or ()):
+            path = _example(route.path)
+            answer = context.request.fetch(server.dashboard(path), method=method, max_redirects=0)
+            if route.path == "/login":
+                assert answer.status in (200, 401), (method, path)
+            elif method == "GET" and not path.startswith("/live/"):
+                assert answer.status == 303, (method, path)
+                assert "/dashboard/login?next=" in answer.headers["location"], (method, path)
+            else:
+                assert answer.status == 401, (method, path, answer.status)
+            checked += 1
+    assert checked >= 20
+    assert httpx.get(server.dashboard("/static/dashboard.js")).status_code == 200
+    context.close()
+
+
+def test_every_page_renders_and_is_saved(browser: Browser, server: Server) -> None:
+    page = login(browser, server, OPERATE)
+    # The statistics behind the charts, now rather than at the next minute.
+    page.goto(server.dashboard("/schedules"))
+    row = page.locator("tr", has_text="taskhub.rollup_stats")
+    row.get_by_role("button", name="Run now").click()
+    expect(page.locator("#job-status")).to_contain_text("succeeded", timeout=15_000)
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    for name, path in (
+        ("overview", "/"),
+        ("overview-week", "/?range=week"),
+        ("jobs", "/jobs"),
+        ("workers", "/workers"),
+        ("schedules", "/schedules"),
+        ("backups", "/backups"),
+        ("tasks", "/tasks"),
+        ("alerts", "/alerts"),
+    ):
+        answer = page.goto(server.dashboard(path))
+        assert answer is not None
+        assert answer.status == 200, path
+        expect(page.locator("h1")).to_be_visible()
+        shoot(page, name)
+    page.goto(server.dashboard("/"))
+    expect(page.locator(".chart-card svg")).to_have_count(4)
+    expect(page.locator("#live-state")).to_have_text("live")
+    assert errors == []
+    page.close()
+
+
+def test_the_demo_from_its_banner_to_a_finished_erp_sync(
+    browser: Browser,
+    admin_url: str,
+    template_name: str,
+    tmp_path: Path,
+) -> None:
+    """What a newcomer does: `taskhub up --demo`, open the printed dashboard address, log in
+    with the printed token, start an ERP sync and watch its progress bar reach the end. The
+    README's two screenshots come from here."""
+    name = f"taskhub_browser_demo_{os.getpid()}"
+    url = create_database(admin_url, name, template=template_name)
+    port = free_port()
+    env = clean_env(DATABASE_URL=url, TASKHUB_API_PORT=str(port), TASKHUB_WORKER_PROCESSES="1")
+    up = TaskhubProcess(["up", "--demo"], tmp_path, env)
+    try:
+        up.wait_for_line("Stop with Ctrl-C.", timeout=90)
+        [address] = re.findall(r"dashboard: (http://\S+/dashboard)", up.output)
+        [token] = re.findall(r"token: +(\S+) \(admin", up.output)
+        page = browser.new_page(viewport={"width": 1360, "height": 860})
+        page.goto(address)
+        page.fill("input[name=token]", token)
+        page.click("button[type=submit]")
+        page.goto(f"{address}/tasks")
+        card = page.locator("details[id='task-erp.sync_assets']")
+        card.locator("summary").click()
+        expect(card.locator("textarea[name=args]")).to_have_value('{"force_full_sync": false}')
+        card.get_by_role("button", name="Defer").click()
+        expect(page).to_have_url(re.compile(r"/dashboard/jobs/\d+$"))
+        page.evaluate("() => { window.__sameDocument = true; }")
+        seen: list[int] = []
+        while not seen or seen[-1] < 100:
+            value = page.evaluate(
+                "() => window.__sameDocument"
+                " ? document.getElementById('job-progress-bar').value : -1"
+            )
+            if value == -1:  # reloaded at the end: the finished page shows 100
+                break
+            if not seen or value != seen[-1]:
+                seen.append(int(value))
+            page.wait_for_timeout(50)
+        assert any(0 < value < 100 for value in seen), seen  # it moved on the page
+        assert seen == sorted(seen)
+        expect(page.locator("#job-status")).to_contain_text("succeeded", timeout=30_000)
+        expect(page.locator("#job-progress-text")).to_contain_text("3000 / 3000 (100%)")
+        expect(page.locator("#job-result")).to_contain_text('"created": 3000')
+        shoot(page, "job", readme=True)
+        page.goto(f"{address}/schedules")
+        row = page.locator("tr", has_text="taskhub.rollup_stats")
+        row.get_by_role("button", name="Run now").click()
+        expect(page.locator("#job-status")).to_contain_text("succeeded", timeout=15_000)
+        page.goto(address + "/")
+        expect(page.locator(".chart-card svg")).to_have_count(4)
+        shoot(page, "overview", readme=True)
+        page.close()
+    finally:
+        if up.process.poll() is None:
+            up.stop()
+        drop_database(admin_url, name)
