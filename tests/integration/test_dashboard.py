@@ -532,6 +532,25 @@ async def test_secret_arguments_are_never_rendered(
         assert "acme" in (await client.get(f"/dashboard/jobs/{job_id}")).text
 
 
+async def test_hostile_text_is_escaped_everywhere(
+    settings: Settings, db_url: str, conn: DictConnection
+) -> None:
+    """Arguments, errors and queue names come from users: they are shown, never run."""
+    apps = shop_apps(settings)
+    hostile = '<script>alert("x")</script><img src=x onerror=alert(1)>'
+    job_id = await defer_job(conn, apps, "taskhub.ping", {"message": hostile})
+    await conn.execute(
+        "UPDATE procrastinate_jobs SET queue_name = %s WHERE id = %s", [hostile, job_id]
+    )
+    await conn.commit()
+    async with dashboard_client(settings, db_url) as client:
+        for path in (f"/jobs/{job_id}", "/jobs", "/queues", "/"):
+            page = (await client.get(f"/dashboard{path}")).text
+            assert "<script>alert" not in page, path
+            assert "<img src=x" not in page, path
+        assert "&lt;script&gt;alert" in (await client.get(f"/dashboard/jobs/{job_id}")).text
+
+
 async def test_jobs_filter_find_and_page(
     settings: Settings, db_url: str, conn: DictConnection
 ) -> None:
