@@ -226,7 +226,12 @@ def decode_cursor(cursor: str) -> int:
 async def list_jobs(
     conn: DictConnection, filters: JobFilters, *, limit: int = 50, cursor: str | None = None
 ) -> JobPage:
-    """Newest first. Keyset pagination on the job id, so new jobs never shift later pages."""
+    """Newest first. Keyset pagination on the job id, so new jobs never shift later pages.
+
+    Never prepared: each filter needs its own plan (a partial index per status, a creation
+    window's bounds), and a prepared statement may settle on one generic plan for all of them,
+    which walks every job.
+    """
     cursor_row = await conn.execute(
         QUERIES["list_jobs"],
         {
@@ -241,6 +246,7 @@ async def list_jobs(
             "finished_before": filters.finished_before,
             "limit": limit + 1,
         },
+        prepare=False,
     )
     rows = await cursor_row.fetchall()
     items = [JobSummary.from_row(row) for row in rows[:limit]]

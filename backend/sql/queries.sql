@@ -33,18 +33,39 @@ SELECT overview.*,
 
 -- list_jobs --
 -- Jobs newest first, filtered, one page after the cursor (keyset: stable under inserts).
+-- The filters on the job's own columns are on procrastinate_jobs itself, so a status filter
+-- meets its partial index (failed: taskhub_jobs_failed_idx, cancelled or aborted:
+-- taskhub_jobs_revoked_idx, waiting or running: procrastinate's), and only the jobs that pass
+-- them are looked up in the overview (OFFSET 0: a lookup per job, never a second walk of the
+-- jobs from the newest). A creation window bounds the walk by the least and greatest id of the
+-- jobs created in it (their 'deferred' events, index-only on taskhub_events_deferred_idx), so
+-- it starts at the window, not at the newest job; FILTER (WHERE true) keeps min()/max() off
+-- their shortcut, which would walk every newer job's events. The overview's filters stay, as
+-- the definition.
 SELECT overview.*
-  FROM taskhub.job_overview overview
- WHERE (%(before_id)s::bigint IS NULL OR overview.id < %(before_id)s)
-   AND (%(statuses)s::text[] IS NULL OR overview.status = ANY(%(statuses)s))
+  FROM procrastinate_jobs job
+ CROSS JOIN LATERAL (
+       SELECT * FROM taskhub.job_overview WHERE job_overview.id = job.id OFFSET 0
+       ) overview
+ WHERE (%(before_id)s::bigint IS NULL OR job.id < %(before_id)s)
+   AND (%(statuses)s::procrastinate_job_status[] IS NULL
+        OR job.status = ANY(%(statuses)s::procrastinate_job_status[]))
+   AND (%(task)s::text IS NULL OR job.task_name = %(task)s)
+   AND (%(queue)s::text IS NULL OR job.queue_name = %(queue)s)
+   AND (%(created_after)s::timestamptz IS NULL OR job.id >= (
+        SELECT min(event.job_id) FILTER (WHERE true) FROM procrastinate_events event
+         WHERE event.type = 'deferred' AND event.at >= %(created_after)s
+           AND event.at < coalesce(%(created_before)s::timestamptz, 'infinity')))
+   AND (%(created_before)s::timestamptz IS NULL OR job.id <= (
+        SELECT max(event.job_id) FILTER (WHERE true) FROM procrastinate_events event
+         WHERE event.type = 'deferred' AND event.at < %(created_before)s
+           AND event.at >= coalesce(%(created_after)s::timestamptz, '-infinity')))
    AND (%(states)s::text[] IS NULL OR overview.state = ANY(%(states)s))
-   AND (%(task)s::text IS NULL OR overview.task_name = %(task)s)
-   AND (%(queue)s::text IS NULL OR overview.queue_name = %(queue)s)
    AND (%(created_after)s::timestamptz IS NULL OR overview.created_at >= %(created_after)s)
    AND (%(created_before)s::timestamptz IS NULL OR overview.created_at < %(created_before)s)
    AND (%(finished_after)s::timestamptz IS NULL OR overview.finished_at >= %(finished_after)s)
    AND (%(finished_before)s::timestamptz IS NULL OR overview.finished_at < %(finished_before)s)
- ORDER BY overview.id DESC
+ ORDER BY job.id DESC
  LIMIT %(limit)s;
 
 -- lock_job --
