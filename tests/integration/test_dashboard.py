@@ -593,6 +593,44 @@ async def test_every_page_renders(settings: Settings, db_url: str, conn: DictCon
         assert "taskhub.backup_database" in schedules
 
 
+async def test_alerts_and_retry_policies_of_every_shape_render(
+    settings: Settings, db_url: str, conn: DictConnection
+) -> None:
+    """An alert raised directly (a failed backup: no firing/resolved state) and a task whose
+    retry policy is procrastinate's own strategy still render."""
+    from procrastinate import RetryStrategy
+
+    from backend.control.alerts import raise_alert
+
+    async with conn.transaction():
+        await raise_alert(conn, kind="backup_failed", message="pg_dump exited with 1")
+    odd = TaskBlueprint()
+
+    @odd.task(name="odd.retrying", retry=RetryStrategy(max_attempts=3, wait=5))
+    async def retrying(args: StepsArgs) -> None:
+        """A task with procrastinate's retry strategy."""
+
+    apps = load_apps(settings, [SHOP, TaskhubApp(name="odd", blueprints=[odd])])
+    dashboard = create_dashboard(
+        settings, database_url=db_url, apps=apps, dashboard_settings=dashboard_settings()
+    )
+    app = FastAPI()
+    app.mount("/dashboard", dashboard)
+    try:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://taskhub"
+        ) as client:
+            await client.post("/dashboard/login", data={"token": READ_TOKEN})
+            alerts_page = await client.get("/dashboard/alerts")
+            assert alerts_page.status_code == 200
+            assert "pg_dump exited with 1" in alerts_page.text
+            tasks_page = await client.get("/dashboard/tasks")
+            assert tasks_page.status_code == 200
+            assert "max_attempts" in tasks_page.text
+    finally:
+        await dashboard.state.resources.close()
+
+
 # -- mounting ----------------------------------------------------------------------------------
 
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import datetime
+import re
 import xml.etree.ElementTree as ET
 
 from backend import defer
 from backend.control import stats
 from backend.dashboard import charts
 from backend.db import DictConnection
+from backend.queries import QUERIES
 from backend.settings import Settings
 from backend.tasks.builtin import ping
 from tests.conftest import eventually
@@ -254,3 +256,12 @@ async def test_steps_without_durations_count_jobs_and_leave_p95_a_gap(
     assert titles(failures)["2026-12-04 10:05 UTC"] == "failure rate 20%"
     assert titles(p95)["2026-12-04 10:05 UTC"] == "p95 no data"
     assert titles(p95)["2026-12-04 10:06 UTC"] == "p95 9.75 s"
+
+
+async def test_the_chart_query_sums_every_bucket_of_the_bounds(conn: DictConnection) -> None:
+    """chart_outcomes names its buckets one by one: as many as taskhub.stats_bounds() makes."""
+    cursor = await conn.execute("SELECT cardinality(taskhub.stats_bounds()) + 1 AS buckets")
+    row = await cursor.fetchone()
+    assert row is not None
+    subscripts = re.findall(r"buckets\[(\d+)\]", QUERIES["chart_outcomes"])
+    assert [int(found) for found in subscripts] == list(range(1, row["buckets"] + 1))
