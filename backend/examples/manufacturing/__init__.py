@@ -1,0 +1,26 @@
+"""The manufacturing platform example (seed 001), as an app: ``TASKHUB_APPS=
+backend.examples.manufacturing`` (or ``--app``). Its Celery system had six task families on
+fifteen priority queues; each family is a folder here (tasks, service, SQL), the queues and
+worker pools are in ``queues.py``, the stand-ins (a mail server, a payment provider) beside the
+family that calls them.
+
+Work in progress: the families built so far are listed in ``app.blueprints``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from backend.declare.apps import TaskhubApp
+from backend.examples.manufacturing.email import tasks as email_tasks
+from backend.examples.manufacturing.payments import tasks as payment_tasks
+from backend.examples.manufacturing.settings import ManufacturingSettings
+
+app = TaskhubApp(
+    name="manufacturing",
+    blueprints=(payment_tasks.blueprint, email_tasks.blueprint),
+    settings=(ManufacturingSettings,),
+    migrations=Path(__file__).parent / "migrations",
+    description="The manufacturing platform's email, payment, order, sync, analytics and "
+    "monitoring tasks on the seed's fifteen queues.",
+)

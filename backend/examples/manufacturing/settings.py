@@ -1,0 +1,27 @@
+"""The manufacturing example's settings, read from ``TASKHUB_MANUFACTURING_*``."""
+
+from __future__ import annotations
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ManufacturingSettings(BaseSettings):
+    """Where the mail server and the payment provider are."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="TASKHUB_MANUFACTURING_", extra="ignore", frozen=True
+    )
+
+    smtp_host: str = Field(default="127.0.0.1", description="The mail server's host.")
+    smtp_port: int = Field(default=8025, ge=1, le=65535, description="The mail server's port.")
+    mail_from: str = Field(default="noreply@manufacturing.example", description="Sender.")
+    payment_base_url: str | None = Field(
+        default=None, description="Base URL of the payment provider's HTTP API."
+    )
+    payment_token: SecretStr | None = Field(
+        default=None, description="Bearer token for the payment provider (never logged)."
+    )
+    payment_timeout: float = Field(
+        default=10, gt=0, le=300, description="Seconds per payment provider request."
+    )
