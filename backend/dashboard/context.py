@@ -28,7 +28,7 @@ from backend.dashboard.sessions import (
     Logins,
     LoginThrottle,
     Session,
-    generated_secret,
+    derived_secret,
 )
 from backend.dashboard.settings import DashboardSettings
 from backend.db import DictConnection, create_pool
@@ -110,10 +110,11 @@ class Dashboard:
         self.settings = settings
         self.dashboard_settings = dashboard_settings
         self.apps = apps
-        self.logins = Logins(settings.api_tokens(), parse_users(dashboard_settings.users))
+        tokens, users = settings.api_tokens(), parse_users(dashboard_settings.users)
+        self.logins = Logins(tokens, users)
         secret = dashboard_settings.secret
         self.signer = CookieSigner(
-            secret.get_secret_value() if secret else generated_secret(settings.data_dir),
+            secret.get_secret_value() if secret else derived_secret(tokens, users),
             max_age=dashboard_settings.session_hours * 3600,
         )
         self.resources = Resources(url, settings)

@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 import secrets
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 from itsdangerous import BadSignature, URLSafeTimedSerializer
@@ -113,18 +111,15 @@ class CookieSigner:
         return payload if isinstance(payload, dict) else None
 
 
-def generated_secret(data_dir: Path) -> str:
-    """The signing key kept in ``data_dir/dashboard-secret``, created (0600) on first use."""
-    path = data_dir / "dashboard-secret"
-    if not path.exists():
-        data_dir.mkdir(parents=True, exist_ok=True)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:  # another process made it first
-            return path.read_text().strip()
-        with os.fdopen(fd, "w") as file:
-            file.write(secrets.token_urlsafe(48) + "\n")
-    return path.read_text().strip()
+def derived_secret(tokens: list[ApiToken], users: list[DashboardUser]) -> str:
+    """The signing key when TASKHUB_DASHBOARD_SECRET is unset: derived from every credential
+    that may log in, so each process with the same settings derives the same key (nothing is
+    written to disk), computing it needs every one of those secrets, and changing any of them
+    ends every session."""
+    material = "\n".join(
+        [token.secret for token in tokens] + [user.password_hash for user in users]
+    )
+    return hmac.new(material.encode(), b"taskhub dashboard sessions", hashlib.sha256).hexdigest()
 
 
 class LoginThrottle:

@@ -20,9 +20,9 @@ class DashboardSettings(BaseSettings):
     )
     secret: SecretStr | None = Field(
         default=None,
-        description="Key that signs session cookies (at least 32 characters). When unset, one "
-        "is generated in <TASKHUB_DATA_DIR>/dashboard-secret; every process serving the "
-        "dashboard must share it.",
+        description="Key that signs session cookies (at least 32 characters). When unset, it "
+        "is derived from the API tokens and the users' hashes: processes with the same "
+        "settings share it, and changing a token or a password ends every session.",
     )
     session_hours: float = Field(
         default=8, gt=0, le=24 * 30, description="Hours a login lasts before asking again."

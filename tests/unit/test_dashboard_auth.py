@@ -5,14 +5,13 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 from pydantic import SecretStr, ValidationError
 
 from backend.auth import ApiToken, Scope
 from backend.dashboard.passwords import hash_password, parse_users, verify_password
-from backend.dashboard.sessions import CookieSigner, Logins, LoginThrottle, generated_secret
+from backend.dashboard.sessions import CookieSigner, Logins, LoginThrottle, derived_secret
 from backend.dashboard.settings import DashboardSettings
 
 SECRET = "s" * 40
@@ -111,11 +110,18 @@ def test_password_logins_need_the_right_user_and_password() -> None:
     assert found[0].can_operate
 
 
-def test_the_generated_secret_is_kept_private(tmp_path: Path) -> None:
-    secret = generated_secret(tmp_path / "data")
-    assert len(secret) >= 32
-    assert generated_secret(tmp_path / "data") == secret
-    assert (tmp_path / "data" / "dashboard-secret").stat().st_mode & 0o777 == 0o600
+def test_the_derived_secret_needs_every_credential_and_changes_with_them() -> None:
+    admin = ApiToken("root", Scope.admin, "admin-token-0123456789")
+    reader = ApiToken("viewer", Scope.read, "read-token-0123456789")
+    users = parse_users(f"alice=operate:{hash_password('password one')}")
+    secret = derived_secret([admin, reader], users)
+    assert len(secret) == 64
+    assert derived_secret([admin, reader], users) == secret  # every process agrees
+    assert admin.secret not in secret
+    assert derived_secret([reader], users) != secret  # a reader alone cannot compute it
+    assert derived_secret([admin, reader], []) != secret
+    rotated = ApiToken("root", Scope.admin, "admin-token-9876543210")
+    assert derived_secret([rotated, reader], users) != secret
 
 
 def test_hash_password_command_prints_a_usable_hash() -> None:
