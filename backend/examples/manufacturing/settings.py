@@ -16,6 +16,20 @@ class ManufacturingSettings(BaseSettings):
     smtp_host: str = Field(default="127.0.0.1", description="The mail server's host.")
     smtp_port: int = Field(default=8025, ge=1, le=65535, description="The mail server's port.")
     mail_from: str = Field(default="noreply@manufacturing.example", description="Sender.")
+    smtp_timeout: float = Field(
+        default=10, gt=0, le=300, description="Seconds per SMTP conversation step."
+    )
+    email_max_attempts: int = Field(
+        default=5,
+        ge=1,
+        le=100,
+        description="Delivery attempts of one email before retry_failed_emails gives up on it.",
+    )
+    bounce_maildir: str | None = Field(
+        default=None,
+        description="The Maildir the mail server delivers bounce reports (DSNs) to, read by "
+        "manufacturing.process_email_bounces; unset: no bounces are processed.",
+    )
     payment_base_url: str | None = Field(
         default=None, description="Base URL of the payment provider's HTTP API."
     )
