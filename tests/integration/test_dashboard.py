@@ -1,6 +1,6 @@
 """The dashboard over HTTP, on a real database: sessions, CSRF, scopes, actions and their audit
 rows, masking, the live streams (a real uvicorn: server-sent events), and mounting it under
-an application's own prefix. The browser tests (tests/e2e/test_dashboard_browser.py) drive
+an application's own prefix. The browser tests (tests/e2e/test_dashboard_in_browser.py) drive
 the same pages in Chromium."""
 
 from __future__ import annotations
