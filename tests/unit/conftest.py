@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 LEAKY_NAMES = frozenset({"DATABASE_URL", "TEST_DATABASE_URL"})
 
@@ -21,3 +24,12 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if is_taskhub_variable(name):
             monkeypatch.delenv(name)
+
+
+def compose_services(path: Path) -> dict[str, dict[str, Any]]:
+    """The ``services`` of a compose file."""
+    document = yaml.safe_load(path.read_text())
+    assert isinstance(document, dict)
+    found = document["services"]
+    assert isinstance(found, dict)
+    return found

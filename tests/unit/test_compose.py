@@ -8,10 +8,10 @@ from typing import Any
 
 import psycopg.conninfo
 import pytest
-import yaml
 
 from backend.cli import build_parser
 from backend.settings import load_settings
+from tests.unit.conftest import compose_services
 
 COMPOSE_FILE = Path(__file__).resolve().parents[2] / "compose.yaml"
 TASKHUB_SERVICES = ("migrate", "api", "worker")
@@ -19,11 +19,7 @@ TASKHUB_SERVICES = ("migrate", "api", "worker")
 
 @pytest.fixture(scope="module")
 def services() -> dict[str, dict[str, Any]]:
-    document = yaml.safe_load(COMPOSE_FILE.read_text())
-    assert isinstance(document, dict)
-    found = document["services"]
-    assert isinstance(found, dict)
-    return found
+    return compose_services(COMPOSE_FILE)
 
 
 def interpolate(value: str) -> str:

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from backend.cli import build_parser
 from backend.declare.apps import import_app
@@ -16,6 +15,7 @@ from backend.examples.manufacturing import app as manufacturing_app
 from backend.examples.manufacturing.queues import POOLS, QUEUES
 from backend.examples.manufacturing.settings import ManufacturingSettings
 from backend.settings import load_settings
+from tests.unit.conftest import compose_services
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPOSITORY / "backend" / "examples" / "manufacturing" / "compose.yaml"
@@ -25,11 +25,7 @@ TASKHUB_SERVICES = ("migrate", "api", *POOL_SERVICES, "worker-maintenance")
 
 @pytest.fixture(scope="module")
 def services() -> dict[str, dict[str, Any]]:
-    document = yaml.safe_load(COMPOSE_FILE.read_text())
-    assert isinstance(document, dict)
-    found = document["services"]
-    assert isinstance(found, dict)
-    return found
+    return compose_services(COMPOSE_FILE)
 
 
 def environment(service: dict[str, Any]) -> dict[str, str | None]:
