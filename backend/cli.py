@@ -476,6 +476,17 @@ def build_parser() -> argparse.ArgumentParser:
             type=_positive,
             help="worker processes (TASKHUB_WORKER_PROCESSES; default: one per core)",
         )
+        command.add_argument(
+            "--max-jobs",
+            type=_positive,
+            help="recycle a worker process after this many jobs (TASKHUB_WORKER_MAX_JOBS)",
+        )
+        command.add_argument(
+            "--max-memory-mb",
+            type=_positive,
+            help="recycle a worker process above this resident memory, in MB "
+            "(TASKHUB_WORKER_MAX_MEMORY_MB)",
+        )
     # Set by the supervisor on the worker processes it starts (backend/process/supervisor.py).
     worker.add_argument("--worker-index", type=_positive, help=argparse.SUPPRESS)
     worker.add_argument("--supervisor-pid", type=_positive, help=argparse.SUPPRESS)
@@ -603,6 +614,8 @@ def _settings_for(args: argparse.Namespace) -> Settings:
         ("queues", "worker_queues"),
         ("concurrency", "worker_concurrency"),
         ("processes", "worker_processes"),
+        ("max_jobs", "worker_max_jobs"),
+        ("max_memory_mb", "worker_max_memory_mb"),
     ):
         value = getattr(args, option, None)
         if value is not None:
@@ -657,9 +670,10 @@ def _serve(
     demo_lines: Sequence[str] = (),
     demo_try: Sequence[str] = (),
     quiet: bool = False,
+    worker_index: int | None = None,
 ) -> None:
-    """Run the API and/or the workers until a signal; ``quiet`` (a supervised worker process)
-    prints nothing: its supervisor speaks for it."""
+    """Run the API and/or the workers until a signal; ``quiet`` (a supervised worker process,
+    number ``worker_index``) prints nothing: its supervisor speaks for it."""
     from backend.process.runner import WorkerOptions, bind_api_socket, run_services
 
     sock = bind_api_socket(settings.api_host, settings.api_port) if api else None
@@ -678,6 +692,9 @@ def _serve(
                 queues=settings.worker_queues,
                 concurrency=settings.worker_concurrency,
                 processes=settings.worker_process_count,
+                max_jobs=settings.worker_max_jobs,
+                max_memory_mb=settings.worker_max_memory_mb,
+                index=worker_index,
             )
             if worker
             else None
@@ -698,6 +715,13 @@ def _serve(
                     else "in 1 process"
                 )
                 lines.append(f"  worker:   {queues}, concurrency {options.concurrency} {processes}")
+                limits = [
+                    f"{options.max_jobs} jobs" if options.max_jobs else "",
+                    f"{options.max_memory_mb} MB" if options.max_memory_mb else "",
+                ]
+                if any(limits):
+                    each = " or ".join(filter(None, limits))
+                    lines.append(f"            each process recycled after {each}")
             lines += demo_lines
             if api:
                 lines += [
@@ -727,13 +751,27 @@ def _serve(
         print("taskhub stopped", flush=True)
 
 
-def _worker_process(settings: Settings, apps: LoadedApps, args: argparse.Namespace) -> None:
-    """One worker process a ``taskhub worker/up --processes N`` supervisor started."""
+def _worker_process(settings: Settings, apps: LoadedApps, args: argparse.Namespace) -> int:
+    """One worker process a ``taskhub worker/up --processes N`` supervisor started; its exit
+    code tells the supervisor when it stopped to be recycled."""
     from backend.process.supervisor import stop_with_parent
+    from backend.runtime.recycling import RECYCLE_EXIT_CODE, WorkerRecycled
 
     if args.supervisor_pid is not None:
         stop_with_parent(args.supervisor_pid)
-    _serve(settings, apps, api=False, worker=True, migrate_first=False, quiet=True)
+    try:
+        _serve(
+            settings,
+            apps,
+            api=False,
+            worker=True,
+            migrate_first=False,
+            quiet=True,
+            worker_index=args.worker_index,
+        )
+    except WorkerRecycled:
+        return RECYCLE_EXIT_CODE
+    return 0
 
 
 def _migrate(settings: Settings, apps: LoadedApps, downgrade_to: str | None) -> None:
@@ -1080,8 +1118,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _hash_password_command()  # a broken app is one of its checks
         apps = load_apps(settings)  # every app whole, or nothing starts
         if index is not None:
-            _worker_process(settings, apps, args)
-        elif args.command == "up":
+            return _worker_process(settings, apps, args)
+        if args.command == "up":
             _serve(settings, apps, api=True, worker=True, migrate_first=True)
         elif args.command == "api":
             _serve(settings, apps, api=True, worker=False, migrate_first=False)

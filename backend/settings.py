@@ -65,6 +65,18 @@ class Settings(BaseSettings):
         description="Worker processes `taskhub worker` and `taskhub up` run; one per core when "
         "unset.",
     )
+    worker_max_jobs: int | None = Field(
+        default=None,
+        ge=1,
+        description="Jobs a worker process takes before it is recycled: it finishes them and "
+        "exits, and a fresh process takes its place. Never when unset.",
+    )
+    worker_max_memory_mb: int | None = Field(
+        default=None,
+        ge=1,
+        description="Resident memory (MB) above which a worker process is recycled, checked "
+        "before each fetch. Never when unset.",
+    )
     worker_nice: int = Field(
         default=5,
         ge=0,
@@ -349,9 +361,9 @@ class Settings(BaseSettings):
             return queues or None
         return value
 
-    @field_validator("worker_processes", mode="before")
+    @field_validator("worker_processes", "worker_max_jobs", "worker_max_memory_mb", mode="before")
     @classmethod
-    def _empty_processes(cls, value: object) -> object:
+    def _empty_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
 
     @property

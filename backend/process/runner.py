@@ -1,7 +1,8 @@
 """Run the API and/or the workers in one event loop, and stop them cleanly on SIGINT/SIGTERM.
 
 One worker process runs in this event loop; several run as children of a
-:class:`~backend.process.supervisor.WorkerSupervisor` this loop drives.
+:class:`~backend.process.supervisor.WorkerSupervisor` this loop drives, and so does one that
+is recycled (TASKHUB_WORKER_MAX_JOBS, TASKHUB_WORKER_MAX_MEMORY_MB): its supervisor replaces it.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from backend.errors import SettingsError, TaskhubError
 from backend.process.supervisor import WorkerSupervisor
 from backend.runtime.app import build_task_app
 from backend.runtime.context import APP_SETTINGS_KEY, SETTINGS_KEY
+from backend.runtime.recycling import Recycling, WorkerRecycled
 from backend.runtime.worker import TaskhubWorker
 from backend.settings import Settings
 
@@ -50,6 +52,13 @@ class WorkerOptions:
     queues: list[str] | None
     concurrency: int
     processes: int = 1  # more than one: child processes, each running one worker
+    max_jobs: int | None = None  # then recycled: a fresh process takes over
+    max_memory_mb: int | None = None
+    index: int | None = None  # a supervised worker process's number, for its log lines
+
+    @property
+    def recycling(self) -> Recycling:
+        return Recycling(self.max_jobs, self.max_memory_mb, self.index)
 
 
 def bind_api_socket(host: str, port: int) -> socket.socket:
@@ -88,9 +97,11 @@ async def run_worker(
     apps: LoadedApps | None = None,
 ) -> None:
     """Run taskhub's worker on ``app`` until cancelled (then it stops gracefully); tasks
-    get ``apps``' settings from ``ctx.settings_of``."""
+    get ``apps``' settings from ``ctx.settings_of``. :class:`WorkerRecycled` when it stopped
+    at its limit of jobs or memory."""
     worker = TaskhubWorker(
         app=app,
+        recycling=options.recycling,
         queues=options.queues or None,
         concurrency=options.concurrency,
         fetch_job_polling_interval=settings.fetch_polling_interval,
@@ -109,8 +120,11 @@ async def run_worker(
     asyncio.get_running_loop().set_default_executor(
         ThreadPoolExecutor(max_workers=options.concurrency, thread_name_prefix="taskhub-job")
     )
+    worker.check_recycling()
     async with app.open_async():
         await worker.run()
+    if worker.recycled is not None:
+        raise WorkerRecycled(worker.recycled)
 
 
 #: Net new container objects between two of Python's youngest-generation collections (700 by
@@ -178,7 +192,10 @@ async def run_services(
         )
         server = _Server(config)
         services["api"] = asyncio.create_task(server.serve(sockets=[api_socket]), name="api")
-    if worker is not None and worker.processes > 1:
+    # Recycling needs a parent to start the fresh process: with --processes 1 as well, the
+    # worker runs in one supervised child (unless this is that child).
+    recycled = worker is not None and worker.recycling.enabled and not supervised
+    if worker is not None and (worker.processes > 1 or recycled):
         # A setting the children would refuse (e.g. TASKHUB_SCHEDULES) fails here, once.
         build_task_app(url, settings, apps.blueprints)
         supervisor = WorkerSupervisor(settings, url, worker.processes)
@@ -221,8 +238,8 @@ async def run_services(
                 for sig in (signal.SIGINT, signal.SIGTERM):
                     loop.remove_signal_handler(sig)
     for name, result in zip(services, results, strict=True):
-        if isinstance(result, TaskhubError):
-            raise result  # its message is already the one line to show
+        if isinstance(result, TaskhubError | WorkerRecycled):
+            raise result  # its message is the one line to show; a recycle, the exit code
         if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
             raise ServiceFailed(f"{name} failed: {_describe(result)}") from result
     if failed and stop_waiter not in done:

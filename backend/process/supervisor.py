@@ -13,8 +13,10 @@ which asyncio's subprocess support gives without polling.
   interrupted inside its graceful stop could mark a running job aborted, whereas a killed one
   leaves it to the rescue, like a crash. The parent exits when all of them have.
 - A child that dies while the parent is not stopping is restarted after a backoff; its jobs are
-  rescued like any dead worker's. A child that keeps dying right after its start (a bad setting,
-  a schema behind the code) makes the parent stop the others and fail with one line.
+  rescued like any dead worker's. A child that exits to be recycled (after N jobs or above M MB,
+  backend/runtime/recycling.py) has finished or handed back its jobs: it is replaced at once.
+  A child that keeps dying right after its start (a bad setting, a schema behind the code)
+  makes the parent stop the others and fail with one line.
 - A child notices its parent's death (kill -9, OOM) through ``PR_SET_PDEATHSIG`` on Linux, or
   by polling its parent pid elsewhere, and stops as on SIGTERM: no orphaned workers.
 """
@@ -37,6 +39,7 @@ from pathlib import Path
 import backend
 from backend.errors import TaskhubError
 from backend.runtime.lifetime import signal_on_parent_death
+from backend.runtime.recycling import RECYCLE_EXIT_CODE
 from backend.settings import Settings, env_name
 
 logger = logging.getLogger(__name__)
@@ -224,10 +227,20 @@ class WorkerSupervisor:
             finally:
                 self._children.pop(index, None)
             if self._stopping.is_set():
-                if code != 0:
+                if code not in (0, RECYCLE_EXIT_CODE):
                     logger.warning("worker process %d stopped with %s", index, describe_exit(code))
                 return
             lived = time.monotonic() - started
+            if code == RECYCLE_EXIT_CODE:  # its own line said why; no crash, no backoff
+                logger.info(
+                    "worker process %d (pid %d) exited to be recycled (it ran %.1f s); "
+                    "starting a fresh one",
+                    index,
+                    child.pid,
+                    lived,
+                )
+                fast_exits = 0
+                continue
             fast_exits = fast_exits + 1 if lived < FAST_EXIT_SECONDS else 0
             if fast_exits >= GIVE_UP_AFTER:
                 raise WorkerProcessesFailing(

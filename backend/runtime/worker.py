@@ -53,6 +53,7 @@ from backend.runtime.isolation import ChildTaskError, TimeLimitExceeded
 from backend.runtime.manager import TaskhubJobManager
 from backend.runtime.periodic import ZonedDeferrer
 from backend.runtime.progress import Progress, ProgressReporter
+from backend.runtime.recycling import Recycling, ResidentMemory
 
 logger = logging.getLogger(__name__)
 
@@ -288,7 +289,13 @@ class TaskhubWorker(Worker):
     _new_job_event: WakeEvent
     _stop_event: Signal
 
-    def __init__(self, *, finish_delay: float = FINISH_DELAY, **options: Any) -> None:
+    def __init__(
+        self,
+        *,
+        finish_delay: float = FINISH_DELAY,
+        recycling: Recycling | None = None,
+        **options: Any,
+    ) -> None:
         options["worker_middleware"] = [track_job, *(options.get("worker_middleware") or [])]
         super().__init__(**options)
         quiet_routine_job_lines()
@@ -303,6 +310,47 @@ class TaskhubWorker(Worker):
         # Per task: whether it is async, and its task middlewares (fixed once the worker runs).
         self._task_plans: dict[str, tuple[bool, list[Any]]] = {}
         self.jobs_done = 0  # written with each heartbeat (taskhub.workers), never per job
+        self.recycling = recycling if recycling is not None and recycling.enabled else None
+        self._memory = ResidentMemory() if self.recycling and self.recycling.max_memory_mb else None
+        self._jobs_taken = 0  # counted per fetch, for TASKHUB_WORKER_MAX_JOBS
+        self.recycled: str | None = None  # why the worker stopped to be recycled
+
+    def check_recycling(self) -> None:
+        """Before the start: a memory limit the process is over already is refused."""
+        if self.recycling is not None and self._memory is not None:
+            self.recycling.check_start(self._memory)
+
+    async def _recycle(self, reason: str) -> None:
+        """Take no more jobs, let the running ones finish, then stop: jobs still running after
+        the grace period (TASKHUB_SHUTDOWN_GRACE_PERIOD in all) go back to the queue, as on
+        SIGTERM. Stopping at once would hand back the jobs just fetched, before they start."""
+        assert self.recycling is not None
+        self.recycled = reason
+        setting = (
+            f"TASKHUB_WORKER_MAX_JOBS={self.recycling.max_jobs}"
+            if reason.startswith("after")
+            else f"TASKHUB_WORKER_MAX_MEMORY_MB={self.recycling.max_memory_mb}"
+        )
+        logger.info(
+            "%s recycled %s (%s): it takes no new job, finishes the %d it holds and exits "
+            "for a fresh process",
+            self.recycling.name,
+            reason,
+            setting,
+            len(self._running_jobs),
+            extra={"action": "recycle_worker", "reason": reason},
+        )
+        grace = self.shutdown_graceful_timeout
+        deadline = None if grace is None else time.monotonic() + grace
+        while self._running_jobs and not self._stop_event.is_set():
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                break
+            self._slot_freed.clear()
+            await wait_first(self._slot_freed, self._stop_event, timeout=left)
+        if deadline is not None and not self._stop_event.is_set():
+            self.shutdown_graceful_timeout = max(0.0, deadline - time.monotonic())
+        self.stop()
 
     async def run(self) -> None:
         await super().run()  # type: ignore[no-untyped-call]
@@ -446,6 +494,8 @@ class TaskhubWorker(Worker):
             await self._finisher.drain()  # the last batch's wake-ups for its waiters
             await self._fetch_connection.close()
             await finish_connection.close()
+            if self._memory is not None:
+                self._memory.close()
 
     async def _fetch_and_process_jobs(self) -> None:
         """Fetch as many jobs as there are free slots, in one statement, and when none is
@@ -470,6 +520,14 @@ class TaskhubWorker(Worker):
                 self.concurrency - self._still_running,
                 JOBS_HELD_PER_SLOT * self.concurrency - len(self._running_jobs),
             )
+            if free > 0 and self.recycling is not None:
+                # Before each fetch, never per job: the jobs taken so far, and the memory.
+                reason = self.recycling.due(self._jobs_taken, self._memory)
+                if reason is not None:
+                    await self._recycle(reason)
+                    return
+                left = self.recycling.jobs_left(self._jobs_taken)
+                free = free if left is None else min(free, left)
             if free <= 0:
                 self._slot_freed.clear()
                 await wait_first(self._slot_freed, self._stop_event)
@@ -477,6 +535,7 @@ class TaskhubWorker(Worker):
             fetched = await manager.fetch_jobs(
                 self._fetch_connection, queues=self.queues, worker_id=self.worker_id, count=free
             )
+            self._jobs_taken += len(fetched)
             self._new_job_event.clear()
             if self._stop_event.is_set():
                 await self._hand_back(fetched)
