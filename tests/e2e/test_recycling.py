@@ -11,12 +11,13 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
 from psycopg.rows import dict_row
 
 from backend import defer as deferring
-from tests.e2e.conftest import TaskhubProcess, clean_env
+from tests.e2e.conftest import TaskhubProcess, clean_env, free_port
 from tests.e2e.test_worker_processes import children_of, gone, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -179,3 +180,25 @@ def test_with_one_process_the_worker_runs_in_a_supervised_child_to_be_recycled(
     assert sorted(per_process.values()) == [3, 3, 3], per_process
     assert workers.process.pid not in per_process, "the jobs ran in children"
     assert workers.stop(signal.SIGTERM, timeout=30) == 0, workers.output
+
+
+def test_up_with_one_process_serves_the_api_and_recycles_its_worker_child(
+    spawn: type[TaskhubProcess], project: Path, db_url: str
+) -> None:
+    port = free_port()
+    env = clean_env(DATABASE_URL=db_url, TASKHUB_API_PORT=str(port))
+    up = spawn(
+        ["up", "--app", "leaky.jobs", "--queues", "leaky", "--processes", "1", "--max-jobs", "2"],
+        project,
+        env,
+    )
+    up.wait_for_line("Stop with Ctrl-C.")
+    assert "            each process recycled after 2 jobs" in up.lines
+    wait_until(lambda: len(children_of(up)) == 1, "one worker process")
+
+    per_process = all_succeeded_once(db_url, defer_leaks(db_url, mb=0, count=4))
+
+    assert sorted(per_process.values()) == [2, 2], per_process
+    assert up.process.pid not in per_process, "the API's process runs no job"
+    assert httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200
+    assert up.stop(signal.SIGINT, timeout=30) == 0, up.output
