@@ -8,7 +8,6 @@ import asyncio
 import logging
 import os
 import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -74,31 +73,6 @@ def test_the_options_become_the_settings(monkeypatch: pytest.MonkeyPatch, comman
     argv = [command, "--max-jobs", "1000", "--max-memory-mb", "512"]
     given = cli._settings_for(cli.build_parser().parse_args(argv))
     assert (given.worker_max_jobs, given.worker_max_memory_mb) == (1000, 512), "the options win"
-
-
-@pytest.mark.parametrize(
-    ("argv", "message"),
-    [
-        (["worker", "--max-jobs", "0"], "taskhub worker: error: argument --max-jobs: must be"),
-        (["up", "--max-memory-mb", "-1"], "taskhub up: error: argument --max-memory-mb: must be"),
-        (["worker", "--max-memory-mb", "1G"], "argument --max-memory-mb: '1G' is not a whole"),
-        (["api", "--max-jobs", "5"], "taskhub: error: unrecognized arguments: --max-jobs 5"),
-    ],
-)
-def test_bad_options_exit_2_before_anything_starts(
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-    argv: list[str],
-    message: str,
-) -> None:
-    monkeypatch.chdir(tmp_path)
-    with pytest.raises(SystemExit) as caught:
-        cli.main(argv)
-
-    assert caught.value.code == 2
-    assert message in capsys.readouterr().err
-    assert list(tmp_path.iterdir()) == [], "nothing started"
 
 
 def test_children_get_the_limits(monkeypatch: pytest.MonkeyPatch) -> None:

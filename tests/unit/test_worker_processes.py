@@ -39,9 +39,13 @@ SLEEPER = [
         (["up", "--processes", "-2"], "taskhub up: error: argument --processes: must be at least"),
         (["worker", "--processes", "two"], "argument --processes: 'two' is not a whole number"),
         (["api", "--processes", "2"], "taskhub: error: unrecognized arguments: --processes 2"),
+        (["worker", "--max-jobs", "0"], "taskhub worker: error: argument --max-jobs: must be"),
+        (["up", "--max-memory-mb", "-1"], "taskhub up: error: argument --max-memory-mb: must be"),
+        (["worker", "--max-memory-mb", "1G"], "argument --max-memory-mb: '1G' is not a whole"),
+        (["api", "--max-jobs", "5"], "taskhub: error: unrecognized arguments: --max-jobs 5"),
     ],
 )
-def test_bad_processes_option_exits_2(
+def test_bad_worker_options_exit_2_before_anything_starts(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
