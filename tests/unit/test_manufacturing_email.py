@@ -16,6 +16,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from backend.declare.policy import RateLimit
 from backend.examples.manufacturing.email import bounces, delivery, tasks
+from backend.examples.manufacturing.email.demo import REFUSED_ADDRESS, serve_demo
 from backend.examples.manufacturing.email.rendering import (
     TEMPLATE_NAMES,
     TemplateProblem,
@@ -225,3 +226,17 @@ def test_no_server_is_a_failure_worth_retrying() -> None:
     assert outcome.retriable
     assert outcome.code is None
     assert "ConnectionRefusedError" in outcome.answer
+
+
+def test_the_demo_serves_a_mail_server_and_says_where(tmp_path: Path) -> None:
+    with serve_demo(tmp_path) as (environment, lines):
+        settings = ManufacturingSettings.model_validate(
+            {
+                "smtp_host": environment["TASKHUB_MANUFACTURING_SMTP_HOST"],
+                "smtp_port": environment["TASKHUB_MANUFACTURING_SMTP_PORT"],
+                "bounce_maildir": environment["TASKHUB_MANUFACTURING_BOUNCE_MAILDIR"],
+            }
+        )
+        outcome = delivery.send(_message(settings, REFUSED_ADDRESS), REFUSED_ADDRESS, settings)
+    assert outcome.status == "refused"
+    assert f":{settings.smtp_port}" in lines[0]
