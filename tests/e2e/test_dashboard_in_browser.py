@@ -191,6 +191,13 @@ def shoot(page: Page, name: str, *, readme: str | None = None) -> None:
         page.screenshot(path=str(Path(folder) / f"{readme}.png"))
 
 
+def finished(page: Page, status: str, timeout: float = 5_000) -> None:
+    """The job page once its job has ended: the status shown, and the page reloaded by its live
+    stream (a finished job's page has no stream), so the next navigation is not interrupted."""
+    expect(page.locator("#job-status")).to_contain_text(status, timeout=timeout)
+    expect(page.locator("body[data-live]")).to_have_count(0, timeout=timeout)
+
+
 def defer_from_tasks_page(page: Page, server: Server, task: str, args: str) -> int:
     """The Tasks page's form: defer by hand, land on the job's page."""
     page.goto(server.dashboard("/tasks"))
@@ -276,7 +283,7 @@ def test_a_running_jobs_progress_bar_moves_without_reloading(
     expect(page.locator("#job-status")).to_contain_text("doing")
     shoot(page, "job-running")
     # Once finished the page reloads itself once, with the result.
-    expect(page.locator("#job-status")).to_contain_text("succeeded", timeout=15_000)
+    finished(page, "succeeded", timeout=15_000)
     expect(page.locator("#job-result")).to_contain_text("8")
     expect(page.locator("#job-progress-text")).to_contain_text("8 / 8 (100%)")
     assert page.url == server.dashboard(f"/jobs/{job_id}")
@@ -297,7 +304,7 @@ def test_a_failed_job_retried_from_the_failed_page_succeeds(
     page = login(browser, server, OPERATE)
     marker = server.tmp / "erp-is-back"
     job_id = defer_from_tasks_page(page, server, "browser.flaky", f'{{"marker": "{marker}"}}')
-    expect(page.locator("#job-status")).to_contain_text("failed", timeout=15_000)
+    finished(page, "failed", timeout=15_000)
     expect(page.locator(".error-detail")).to_contain_text("the ERP answered 503")
     expect(page.locator(".traceback")).to_contain_text("ConnectionError")
     page.goto(server.dashboard("/failed?task=browser.flaky"))
@@ -308,7 +315,7 @@ def test_a_failed_job_retried_from_the_failed_page_succeeds(
     row.get_by_role("button", name="Retry").click()
     expect(page.locator(".flash")).to_contain_text(f"Job {job_id} will run again")
     page.goto(server.dashboard(f"/jobs/{job_id}"))
-    expect(page.locator("#job-status")).to_contain_text("succeeded", timeout=15_000)
+    finished(page, "succeeded", timeout=15_000)
     expect(page.locator("#job-result")).to_contain_text("recovered")
     assert job_row(server.url, job_id)["attempts"] == 2
     page.goto(server.dashboard("/failed?task=browser.flaky"))
@@ -347,7 +354,7 @@ def test_pausing_and_resuming_a_queue(browser: Browser, server: Server) -> None:
     page.reload()
     expect(reports.locator(".badge")).to_have_text("active")
     page.goto(server.dashboard(f"/jobs/{held}"))
-    expect(page.locator("#job-status")).to_contain_text("succeeded")
+    finished(page, "succeeded", timeout=5_000)
     entries = audited(server.url)
     assert ("dashboard:ops", "pause", "reports") in entries
     assert ("dashboard:ops", "resume", "reports") in entries
@@ -456,7 +463,7 @@ def test_every_page_renders_and_is_saved(browser: Browser, server: Server) -> No
     page.goto(server.dashboard("/schedules"))
     row = page.locator("tr", has_text="taskhub.rollup_stats")
     row.get_by_role("button", name="Run now").click()
-    expect(page.locator("#job-status")).to_contain_text("succeeded", timeout=15_000)
+    finished(page, "succeeded", timeout=15_000)
     errors: list[str] = []
     page.on("pageerror", lambda error: errors.append(str(error)))
 
@@ -535,7 +542,7 @@ def test_the_demo_from_its_banner_to_a_finished_erp_sync(
         card.get_by_role("button", name="Defer").click()
         expect(page).to_have_url(re.compile(r"/dashboard/jobs/\d+$"))
         page.evaluate(WATCH_PROGRESS)
-        expect(page.locator("#job-status")).to_contain_text("succeeded", timeout=30_000)
+        finished(page, "succeeded", timeout=30_000)
         expect(page.locator("#job-progress-text")).to_contain_text("3000 / 3000 (100%)")
         expect(page.locator("#job-result")).to_contain_text('"created": 3000')
         seen = progress_seen(page)
@@ -547,7 +554,7 @@ def test_the_demo_from_its_banner_to_a_finished_erp_sync(
         page.goto(f"{address}/schedules")
         row = page.locator("tr", has_text="taskhub.rollup_stats")
         row.get_by_role("button", name="Run now").click()
-        expect(page.locator("#job-status")).to_contain_text("succeeded", timeout=15_000)
+        finished(page, "succeeded", timeout=15_000)
         page.goto(address + "/")
         expect(page.locator(".chart-card svg")).to_have_count(4)
         expect(page.locator("#live-state")).to_have_text("live")
