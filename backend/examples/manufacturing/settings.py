@@ -39,3 +39,10 @@ class ManufacturingSettings(BaseSettings):
     payment_timeout: float = Field(
         default=10, gt=0, le=300, description="Seconds per payment provider request."
     )
+    payment_retry_rounds: int = Field(
+        default=3,
+        ge=0,
+        le=100,
+        description="Times manufacturing.retry_failed_payments queues a payment again after its "
+        "job gave up (each round gets the full backoff again); 0: never.",
+    )
