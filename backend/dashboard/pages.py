@@ -643,21 +643,12 @@ async def _unwatch(dashboard: Dashboard, job_id: int, waiter: uuid.UUID) -> None
         pass
 
 
-def _celery_state(status: str, attempts: int, reported: bool) -> str:
-    """As taskhub.job_overview names it."""
-    if status == "todo":
-        return "RETRY" if attempts else "PENDING"
-    if status == "doing":
-        return "PROGRESS" if reported else "STARTED"
-    return {"succeeded": "SUCCESS", "failed": "FAILURE"}.get(status, "REVOKED")
-
-
 def _live_job(row: dict[str, Any]) -> dict[str, Any]:
     done, total = row["done"], row["total"]
     percent = max(0, min(100, round(100 * done / total))) if done is not None and total else None
     return {
         "status": row["status"],
-        "state": _celery_state(row["status"], row["attempts"], row["updated_at"] is not None),
+        "state": row["state"],
         "attempts": row["attempts"],
         "abort_requested": row["abort_requested"],
         "done": done,

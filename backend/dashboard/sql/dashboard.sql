@@ -79,10 +79,10 @@ WITH target AS (
 SELECT count(*) AS changed FROM cancelled WHERE id IS NOT NULL;
 
 -- dashboard_live_job --
--- What a job page's live view shows: status, progress and attempts, one row by primary key.
-SELECT job.status::text AS status, job.attempts,
-       (job.abort_requested AND job.status = 'doing') AS abort_requested,
-       progress.done, progress.total, progress.message, progress.updated_at
-  FROM procrastinate_jobs job
-  LEFT JOIN taskhub.job_progress progress ON progress.job_id = job.id
- WHERE job.id = %(job_id)s;
+-- What a job page's live view shows: status, Celery state (as taskhub.job_overview names it),
+-- progress and attempts; one row by primary key.
+SELECT overview.status, overview.state, overview.attempts, overview.abort_requested,
+       overview.progress_done AS done, overview.progress_total AS total,
+       overview.progress_message AS message
+  FROM taskhub.job_overview overview
+ WHERE overview.id = %(job_id)s;
