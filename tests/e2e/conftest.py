@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -26,6 +27,31 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def python_stacks(pid: int) -> str:
+    """What a process and its children are doing, Python stacks included (py-spy), to tell
+    why one did not stop."""
+    try:
+        root = psutil.Process(pid)
+        tree = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return "(gone)"
+    spy = Path(sys.executable).parent / "py-spy"
+    parts = []
+    for process in tree:
+        with contextlib.suppress(psutil.Error):
+            parts.append(f"== {process.pid} {process.status()}: {' '.join(process.cmdline())}")
+            if "python" in process.name() or "taskhub" in " ".join(process.cmdline()[:2]):
+                dumped = subprocess.run(
+                    [str(spy), "dump", "--locals", "--pid", str(process.pid)],
+                    capture_output=True,
+                    text=True,
+                    timeout=30,
+                    check=False,
+                )
+                parts.append(dumped.stdout + dumped.stderr)
+    return "\n".join(parts)
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -79,7 +105,15 @@ class TaskhubProcess:
 
     def stop(self, sig: signal.Signals = signal.SIGTERM, timeout: float = 60) -> int:
         self.process.send_signal(sig)
-        code = self.process.wait(timeout=timeout)
+        try:
+            code = self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            stacks = python_stacks(self.process.pid)
+            self.kill()
+            raise AssertionError(
+                f"still running {timeout}s after {sig.name}; its processes:\n{stacks}\n"
+                f"--- its output:\n{self.output}"
+            ) from None
         self._reader.join(timeout=5)
         return code
 
