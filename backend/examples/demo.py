@@ -1,4 +1,4 @@
-"""``taskhub up --demo``: both examples enabled, each pointed at its stand-in served beside."""
+"""``taskhub up --demo``: the example apps enabled, each pointed at its stand-ins served beside."""
 
 from __future__ import annotations
 
@@ -8,16 +8,28 @@ import secrets
 from collections.abc import Iterator
 
 from backend.examples.erp import demo as erp_demo
+from backend.examples.manufacturing import demo as manufacturing_demo
 from backend.examples.scheduling import demo as scheduling_demo
 from backend.settings import Settings
 
-EXAMPLE_APPS = ("backend.examples.erp", "backend.examples.scheduling")
+EXAMPLE_APPS = (
+    "backend.examples.erp",
+    "backend.examples.scheduling",
+    "backend.examples.manufacturing",
+)
 #: What to try once the API is up ({auth}: the curl header, {base}: the API's URL).
 TRY_LINES = (
     "In the dashboard ({base}/dashboard): Tasks, erp.sync_assets, Defer; its progress bar moves.",
     "Or sync the demo ERP's assets, then poll the status with the task_id it answers:",
     "  curl -s -X POST {auth} {base}/erp/sync-assets",
     "  curl -s {auth} {base}/erp/task-status/TASK_ID",
+    "Or charge a payment at the demo provider (exactly once), then read it and its invoice:",
+    "  curl -s -X POST {auth} -H 'content-type: application/json' {base}/manufacturing/payments"
+    ' -d \'{{"order_id": 1, "user_id": 1, "amount_cents": 10000, '
+    '"payment_method_id": "pm_123"}}\'',
+    "  curl -s {auth} {base}/manufacturing/payments/PAYMENT_ID",
+    "The manufacturing platform's queues and health: {base}/monitoring/queues, "
+    "{base}/monitoring/health",
 )
 
 
@@ -33,13 +45,22 @@ def demo(settings: Settings) -> Iterator[tuple[Settings, list[str]]]:
     with (
         erp_demo.serve_demo(token) as (erp_env, erp_lines),
         scheduling_demo.serve_demo(token) as (scheduling_env, scheduling_lines),
+        manufacturing_demo.serve_demo(token, settings.data_dir) as (
+            manufacturing_env,
+            manufacturing_lines,
+        ),
     ):
-        environment = {**erp_env, **scheduling_env}
+        environment = {**erp_env, **scheduling_env, **manufacturing_env}
         previous = {name: os.environ.get(name) for name in environment}
         os.environ.update(environment)
         try:
             apps = [*settings.apps, *(app for app in EXAMPLE_APPS if app not in settings.apps)]
-            yield settings.model_copy(update={"apps": apps}), [*erp_lines, *scheduling_lines]
+            # The manufacturing seed alerts on every final failure of its critical tier.
+            critical = settings.critical_queues or list(manufacturing_demo.CRITICAL_QUEUES)
+            yield (
+                settings.model_copy(update={"apps": apps, "critical_queues": critical}),
+                [*erp_lines, *scheduling_lines, *manufacturing_lines],
+            )
         finally:
             for name, value in previous.items():
                 if value is None:

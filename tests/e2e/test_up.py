@@ -57,9 +57,14 @@ def banner_token(process: TaskhubProcess) -> str:
     return token
 
 
-def curl_request(process: TaskhubProcess, prefix: str) -> tuple[str, str, dict[str, str], str]:
-    """The banner's curl line starting with ``prefix``, parsed as a shell would."""
-    [line] = [line for line in process.lines if line.startswith(f"  curl -s {prefix}")]
+def curl_request(
+    process: TaskhubProcess, prefix: str, path: str = ""
+) -> tuple[str, str, dict[str, str], str]:
+    """The banner's curl line starting with ``prefix`` (and naming ``path``), parsed as a
+    shell would."""
+    [line] = [
+        line for line in process.lines if line.startswith(f"  curl -s {prefix}") and path in line
+    ]
     words = shlex.split(line)
     method, headers, body = "GET", {}, ""
     for option, value in zip(words, [*words[1:], ""], strict=True):
@@ -223,11 +228,13 @@ def test_up_demo_serves_the_stand_ins_and_syncs_the_demo_erp(
     up.wait_for_line("Stop with Ctrl-C.")
     assert "demo ERP: http://127.0.0.1:" in up.output
     assert "demo scheduling API: http://127.0.0.1:" in up.output
+    assert "demo mail server: smtp://127.0.0.1:" in up.output
+    assert "demo payment provider: http://127.0.0.1:" in up.output
     headers = {"Authorization": f"Bearer {banner_token(up)}"}
     base = f"http://127.0.0.1:{port}"
 
     # The banner's command starts the sync; its status ends SUCCESS with every demo asset.
-    method, url, curl_headers, _ = curl_request(up, "-X POST -H")
+    method, url, curl_headers, _ = curl_request(up, "-X POST -H", "/erp/")
     assert url.endswith("/erp/sync-assets")
     started = httpx.request(method, url, headers=curl_headers)
     assert started.status_code == 202, started.text
@@ -240,5 +247,16 @@ def test_up_demo_serves_the_stand_ins_and_syncs_the_demo_erp(
         time.sleep(0.2)
     assert status["status"] == "SUCCESS", status
     assert status["progress"]["assets_created"] == DEMO_ASSETS
+
+    # The banner's payment: charged at the demo provider, exactly once, then invoiced.
+    method, url, curl_headers, body = curl_request(up, "-X POST", "/manufacturing/payments")
+    queued = httpx.request(method, url, headers=curl_headers, content=body)
+    assert queued.status_code == 202, queued.text
+    location = f"{base}{queued.headers['Location']}"
+    while (detail := httpx.get(location, headers=headers).json())["invoice"] is None:
+        assert time.monotonic() < deadline + 60, detail
+        time.sleep(0.2)
+    assert detail["payment"]["status"] == "paid"
+    assert detail["payment"]["charge_id"]
 
     assert up.stop() == 0, up.output

@@ -1,5 +1,5 @@
-"""The stand-in mail server for ``taskhub up --demo`` (not wired in yet: the manufacturing app
-stays opt-in): served beside taskhub, with one address it refuses and one it bounces."""
+"""The stand-in mail server for ``taskhub up --demo``: served beside taskhub, with one address
+it refuses and one it bounces."""
 
 from __future__ import annotations
 

@@ -1,6 +1,5 @@
-"""The stand-in payment provider for ``taskhub up --demo`` (not wired in yet: the
-manufacturing app stays opt-in): served beside taskhub, a little slow so a charge in flight
-can be watched, declining ``pm_card_declined``."""
+"""The stand-in payment provider for ``taskhub up --demo``: served beside taskhub, a little
+slow so a charge in flight can be watched, declining ``pm_card_declined``."""
 
 from __future__ import annotations
 
