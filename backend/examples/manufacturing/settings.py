@@ -46,3 +46,35 @@ class ManufacturingSettings(BaseSettings):
         description="Times manufacturing.retry_failed_payments queues a payment again after its "
         "job gave up (each round gets the full backoff again); 0: never.",
     )
+    health_timeout: float = Field(
+        default=5,
+        gt=0,
+        le=60,
+        description="Seconds manufacturing.health_check waits for the mail server and the "
+        "payment provider before it counts them down.",
+    )
+    disk_max_percent: float = Field(
+        default=90,
+        gt=0,
+        le=100,
+        description="Disk use of the data dir above which a system_resources alert is raised.",
+    )
+    memory_max_percent: float = Field(
+        default=95,
+        gt=0,
+        le=100,
+        description="Memory use above which a system_resources alert is raised (needs psutil).",
+    )
+    load_max_per_cpu: float = Field(
+        default=4,
+        gt=0,
+        le=1000,
+        description="1-minute load average per CPU above which a system_resources alert is "
+        "raised.",
+    )
+    monitoring_retention_days: int = Field(
+        default=30,
+        ge=1,
+        le=3650,
+        description="Days health checks and performance metrics are kept.",
+    )
