@@ -78,3 +78,27 @@ class ManufacturingSettings(BaseSettings):
         le=3650,
         description="Days health checks and performance metrics are kept.",
     )
+    erp_base_url: str | None = Field(
+        default=None,
+        description="Base URL of the ERP HTTP API manufacturing.sync_external_data pages through "
+        "(the ERP example's stand-in serves one).",
+    )
+    erp_token: SecretStr | None = Field(
+        default=None, description="Bearer token for the ERP API (never logged)."
+    )
+    erp_timeout: float = Field(default=30, gt=0, le=600, description="Seconds per ERP request.")
+    erp_page_size: int = Field(default=500, ge=1, le=10_000, description="Records per ERP page.")
+    archive_after_days: int = Field(
+        default=90,
+        ge=1,
+        le=36_500,
+        description="Finished rows (emails, declined payments, shipped or cancelled orders) not "
+        "changed for this many days are moved to the archive tables by "
+        "manufacturing.archive_old_rows.",
+    )
+    archive_batch_size: int = Field(
+        default=1_000,
+        ge=1,
+        le=100_000,
+        description="Rows manufacturing.archive_old_rows moves per transaction.",
+    )
