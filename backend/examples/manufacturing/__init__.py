@@ -16,13 +16,14 @@ from backend.declare.apps import TaskhubApp
 from backend.examples.manufacturing.email import router as email_router
 from backend.examples.manufacturing.email import tasks as email_tasks
 from backend.examples.manufacturing.monitoring import router as monitoring_router
+from backend.examples.manufacturing.monitoring import tasks as monitoring_tasks
 from backend.examples.manufacturing.payments import router as payment_router
 from backend.examples.manufacturing.payments import tasks as payment_tasks
 from backend.examples.manufacturing.settings import ManufacturingSettings
 
 app = TaskhubApp(
     name="manufacturing",
-    blueprints=(payment_tasks.blueprint, email_tasks.blueprint),
+    blueprints=(payment_tasks.blueprint, email_tasks.blueprint, monitoring_tasks.blueprint),
     routers=(email_router.router, payment_router.router, monitoring_router.router),
     settings=(ManufacturingSettings,),
     migrations=Path(__file__).parent / "migrations",

@@ -15,6 +15,7 @@ from backend.api.deps import Apps, Conn, Operator, Reader
 from backend.control import alert_rules, jobs, queues, stats, workers
 from backend.control.alert_rules import AlertState
 from backend.defer import QUEUE_PATTERN
+from backend.examples.manufacturing.monitoring.tasks import QUERIES as MONITORING_QUERIES
 from backend.examples.manufacturing.queues import POOLS, QUEUES
 from backend.queries import QUERIES
 
@@ -54,6 +55,23 @@ async def _overview(conn: Conn, request: Request) -> dict[str, Any]:
     row = await cursor.fetchone()
     assert row is not None
     return dict(row)
+
+
+class ServiceStatus(BaseModel):
+    service: str = Field(examples=["payment_provider"])
+    ok: bool
+    latency_ms: float | None
+    error: str | None
+    details: dict[str, Any]
+    checked_at: datetime.datetime
+
+
+@router.get("/services", response_model=list[ServiceStatus], summary="External services")
+async def services(conn: Conn, caller: Reader) -> list[ServiceStatus]:
+    """The latest check of each service and resource by manufacturing.health_check (every 2
+    minutes): the database, the mail server, the payment provider, disk, load, memory."""
+    cursor = await conn.execute(MONITORING_QUERIES["health_latest"])
+    return [ServiceStatus.model_validate(row) for row in await cursor.fetchall()]
 
 
 class QueueStatus(BaseModel):

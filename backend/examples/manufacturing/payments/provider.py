@@ -13,6 +13,7 @@ from backend.errors import TaskhubError
 from backend.examples.manufacturing.settings import ManufacturingSettings
 
 CHARGES = "/v1/charges"
+HEALTH = "/v1/health"
 #: What a response body may say about a failure, in an error message.
 BODY_EXCERPT = 200
 
@@ -159,3 +160,9 @@ async def list_charges(client: httpx.AsyncClient) -> list[ProviderCharge]:
             f"the payment provider's answer to GET {CHARGES} is not a list of charges: "
             f"{exc.errors(include_url=False)[0]['msg']}"
         ) from None
+
+
+async def ping(client: httpx.AsyncClient) -> None:
+    """One cheap authenticated request (manufacturing.health_check's): returns when the
+    provider answers it with a 2xx, raises as any call does otherwise."""
+    await _send(client, client.build_request("GET", HEALTH))

@@ -4,7 +4,8 @@ its charges for reconciliation.
 ``POST /v1/charges`` with an ``Idempotency-Key`` header charges once per key: the same key
 again returns the FIRST charge (``Idempotent-Replayed: true``), never a second one; the same
 key with another amount or currency is a 409. A ``payment_method`` of ``pm_card_declined`` is
-declined (402). ``GET /v1/charges`` lists every charge. All of it behind a bearer token::
+declined (402). ``GET /v1/charges`` lists every charge, ``GET /v1/health`` answers ok
+(or the fault set now). All of it behind a bearer token::
 
     standin = PaymentStandin(token="pay-demo-token-0123")
     standin.fail(status=503, times=2)  # the next two charge requests fail, before charging
@@ -178,6 +179,11 @@ class PaymentStandin:
                     self.fault = None
             return Fault(status=fault.status, delay=fault.delay, times=1)
 
+    def _peek_fault(self) -> Fault | None:
+        """The fault set now, without using up one of its ``times`` (the health check's)."""
+        with self._lock:
+            return self.fault
+
     async def _wait_if_held(self) -> None:
         while True:
             with self._lock:
@@ -252,6 +258,18 @@ def create_app(standin: PaymentStandin | None = None) -> FastAPI:
             response.status_code = 200
             response.headers["Idempotent-Replayed"] = "true"
         return charge.as_json()
+
+    @app.get("/v1/health")
+    async def health(_: Auth) -> dict[str, str]:
+        """A cheap authenticated answer; a fault set for charges applies here too (without
+        being used up), so a failing provider looks down to its health check as well."""
+        fault = state._peek_fault()
+        if fault is not None:
+            if fault.delay:
+                await asyncio.sleep(fault.delay)
+            if fault.status is not None:
+                raise HTTPException(fault.status, "injected fault")
+        return {"status": "ok"}
 
     @app.get("/v1/charges")
     async def list_charges(_: Auth) -> dict[str, Any]:
