@@ -46,6 +46,19 @@ class ManufacturingSettings(BaseSettings):
         description="Times manufacturing.retry_failed_payments queues a payment again after its "
         "job gave up (each round gets the full backoff again); 0: never.",
     )
+    order_reminder_days: int = Field(
+        default=3,
+        ge=0,
+        le=365,
+        description="manufacturing.send_order_reminders reminds customers of matched or in "
+        "production orders due within this many days (0: due today).",
+    )
+    order_reminder_every_hours: float = Field(
+        default=24,
+        gt=0,
+        le=24 * 365,
+        description="Hours before an order already reminded is reminded again.",
+    )
     health_timeout: float = Field(
         default=5,
         gt=0,
