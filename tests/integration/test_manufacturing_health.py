@@ -31,6 +31,12 @@ from tests.integration.conftest import running_api, running_worker
 PROVIDER_TOKEN = "pay-test-token-0123"
 QUEUES = ["monitoring.critical", "monitoring.normal", "email.normal", "payment.critical"]
 WORKER_BLUEPRINTS = (*BLUEPRINTS, tasks.blueprint, payment_tasks.blueprint)
+#: The host's own figures must not decide a test (a full CI disk, a busy runner).
+RESOURCES_NEVER_OVER = {
+    "TASKHUB_MANUFACTURING_DISK_MAX_PERCENT": "100",
+    "TASKHUB_MANUFACTURING_MEMORY_MAX_PERCENT": "100",
+    "TASKHUB_MANUFACTURING_LOAD_MAX_PER_CPU": "1000",
+}
 HEALTH_KINDS = (
     "external_service_down",
     "external_service_recovered",
@@ -51,6 +57,8 @@ def mail(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[MailStandin, int]]:
         monkeypatch.setenv("TASKHUB_MANUFACTURING_SMTP_HOST", host)
         monkeypatch.setenv("TASKHUB_MANUFACTURING_SMTP_PORT", str(port))
         monkeypatch.setenv("TASKHUB_MANUFACTURING_HEALTH_TIMEOUT", "2")
+        for name, value in RESOURCES_NEVER_OVER.items():
+            monkeypatch.setenv(name, value)
         yield handler, port
 
 
@@ -223,6 +231,8 @@ async def test_a_stopped_mail_server_is_down_until_it_listens_again(
         monkeypatch.setenv("TASKHUB_MANUFACTURING_SMTP_HOST", host)
         monkeypatch.setenv("TASKHUB_MANUFACTURING_SMTP_PORT", str(port))
         monkeypatch.setenv("TASKHUB_MANUFACTURING_HEALTH_TIMEOUT", "2")
+        for name, value in RESOURCES_NEVER_OVER.items():
+            monkeypatch.setenv(name, value)
         assert by_service(await run_now(conn, tasks.health_check))["smtp"]["ok"] is True
     stopped = await run_now(conn, tasks.health_check)
     check = by_service(stopped)["smtp"]
