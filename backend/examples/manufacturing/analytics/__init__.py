@@ -1,0 +1,1 @@
+"""The manufacturing example's analytics family: metrics, customer activity, daily KPIs."""

@@ -1,0 +1,1 @@
+"""The analytics family's named SQL statements."""

@@ -1,0 +1,1 @@
+"""The manufacturing example's sync family: the ERP sync, archiving, backups."""
