@@ -1,0 +1,1 @@
+"""The manufacturing example's order family."""
