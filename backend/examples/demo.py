@@ -50,7 +50,12 @@ def demo(settings: Settings) -> Iterator[tuple[Settings, list[str]]]:
             manufacturing_lines,
         ),
     ):
-        environment = {**erp_env, **scheduling_env, **manufacturing_env}
+        # The manufacturing sync pages through the same stand-in ERP.
+        erp_for_manufacturing = {
+            "TASKHUB_MANUFACTURING_ERP_BASE_URL": erp_env["TASKHUB_ERP_BASE_URL"],
+            "TASKHUB_MANUFACTURING_ERP_TOKEN": erp_env["TASKHUB_ERP_TOKEN"],
+        }
+        environment = {**erp_env, **scheduling_env, **manufacturing_env, **erp_for_manufacturing}
         previous = {name: os.environ.get(name) for name in environment}
         os.environ.update(environment)
         try:

@@ -259,4 +259,13 @@ def test_up_demo_serves_the_stand_ins_and_syncs_the_demo_erp(
     assert detail["payment"]["status"] == "paid"
     assert detail["payment"]["charge_id"]
 
+    # Its sync pages through the same demo ERP (the seed's "schedule a task" endpoint).
+    scheduled = httpx.post(
+        f"{base}/monitoring/tasks/schedule",
+        json={"task": "manufacturing.sync_external_data"},
+        headers=headers,
+    )
+    assert scheduled.status_code == 201, scheduled.text
+    wait_for_job(base, scheduled.json()["task_id"], timeout=60, headers=headers)
+
     assert up.stop() == 0, up.output

@@ -1,11 +1,10 @@
 """The manufacturing platform example (seed 001), as an app: ``TASKHUB_APPS=
-backend.examples.manufacturing`` (or ``--app``). Its Celery system had six task families on
-fifteen priority queues; each family is a folder here (tasks, service, SQL), the queues and
-worker pools are in ``queues.py``, the stand-ins (a mail server, a payment provider) beside the
-family that calls them.
-
-Work in progress: the families built so far are listed in ``app.blueprints`` (email so far),
-their routers in ``app.routers``; the app is not part of ``taskhub up --demo`` yet.
+backend.examples.manufacturing`` (or ``--app``; ``taskhub up --demo`` enables it with its
+stand-ins). Its Celery system had six task families on fifteen priority queues; each family
+is a folder here (tasks, service, router, SQL), the queues and worker pools are in
+``queues.py``, the stand-ins (a mail server, a payment provider) beside the family that calls
+them; the sync family pages through the ERP example's stand-in. docs/examples-manufacturing.md
+walks through it.
 """
 
 from __future__ import annotations
