@@ -82,8 +82,7 @@ class ManufacturingSettings(BaseSettings):
         default=4,
         gt=0,
         le=1000,
-        description="1-minute load average per CPU above which a system_resources alert is "
-        "raised.",
+        description="1-minute load average per CPU above which a system_resources alert is raised.",
     )
     monitoring_retention_days: int = Field(
         default=30,
