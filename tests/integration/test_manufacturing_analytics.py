@@ -281,6 +281,12 @@ async def test_the_dashboard_rolls_snapshots_into_5_minute_buckets_and_prunes_ol
     await snapshot(conn, a + datetime.timedelta(minutes=2), open_orders=7, sent=3)
     await snapshot(conn, a + datetime.timedelta(minutes=4), open_orders=1, sent=5)
     await snapshot(conn, b + datetime.timedelta(minutes=1), open_orders=2, sent=8)
+    # A bucket past the retention (30 days by default) goes; one just inside it stays.
+    for days in (31, 29):
+        await conn.execute(
+            "INSERT INTO manufacturing.dashboard_metrics VALUES (%s, 1, 0, 0, 0, 0, 0, 0, 0)",
+            (a - datetime.timedelta(days=days),),
+        )
     await conn.commit()
 
     async with analytics_worker(worker_settings, db_url):
@@ -305,7 +311,9 @@ async def test_the_dashboard_rolls_snapshots_into_5_minute_buckets_and_prunes_ol
         b,
     ]
     assert first["pruned_snapshots"] == 1
-    [rolled_old, rolled_a, rolled_b] = rows_first
+    assert first["pruned_buckets"] == 1
+    [kept_29_days, rolled_old, rolled_a, rolled_b] = rows_first
+    assert kept_29_days["bucket_start"] == a - datetime.timedelta(days=29)
     assert (rolled_old["snapshots"], rolled_old["emails_sent_last_hour"]) == (1, 9)
     assert rolled_a["snapshots"] == 3
     assert float(rolled_a["open_orders_avg"]) == 4.0

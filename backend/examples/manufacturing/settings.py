@@ -88,7 +88,8 @@ class ManufacturingSettings(BaseSettings):
         default=30,
         ge=1,
         le=3650,
-        description="Days health checks and performance metrics are kept.",
+        description="Days health checks, performance metrics and dashboard metric buckets are "
+        "kept.",
     )
     erp_base_url: str | None = Field(
         default=None,

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from backend.declare.registry import PeriodicArgs, TaskBlueprint
 from backend.examples.manufacturing.queues import priority
+from backend.examples.manufacturing.settings import ManufacturingSettings
 from backend.queries import load_queries
 from backend.runtime.context import TaskContext
 
@@ -67,6 +68,9 @@ class DashboardRollup(BaseModel):
 
     buckets: list[datetime.datetime]
     pruned_snapshots: int
+    pruned_buckets: int = Field(
+        description="Buckets older than TASKHUB_MANUFACTURING_MONITORING_RETENTION_DAYS, dropped."
+    )
 
 
 class BehaviorRun(BaseModel):
@@ -154,12 +158,19 @@ async def update_realtime_metrics(args: PeriodicArgs, ctx: TaskContext) -> Snaps
 )
 async def update_dashboard_metrics(args: PeriodicArgs, ctx: TaskContext) -> DashboardRollup:
     """Roll the snapshots into 5-minute buckets in manufacturing.dashboard_metrics and prune
-    snapshots older than a day, in one transaction. Every 5 minutes, as the seed did."""
+    snapshots older than a day and buckets older than the monitoring retention, in one
+    transaction. Every 5 minutes, as the seed did."""
+    days = ctx.settings_of(ManufacturingSettings).monitoring_retention_days
     async with ctx.connection() as conn:
         cursor = await conn.execute(QUERIES["analytics_roll_dashboard"])
         buckets = [row["bucket_start"] for row in await cursor.fetchall()]
         pruned = await conn.execute(QUERIES["analytics_prune_snapshots"])
-    return DashboardRollup(buckets=sorted(buckets), pruned_snapshots=pruned.rowcount)
+        pruned_buckets = await conn.execute(QUERIES["analytics_prune_buckets"], {"days": days})
+    return DashboardRollup(
+        buckets=sorted(buckets),
+        pruned_snapshots=pruned.rowcount,
+        pruned_buckets=pruned_buckets.rowcount,
+    )
 
 
 @blueprint.task(

@@ -95,6 +95,11 @@ RETURNING bucket_start;
 -- Snapshots older than a day (rolled into their buckets by then: the rollup runs every 5 min).
 DELETE FROM manufacturing.metric_snapshots WHERE taken_at < now() - interval '1 day';
 
+-- analytics_prune_buckets --
+-- Buckets older than TASKHUB_MANUFACTURING_MONITORING_RETENTION_DAYS (by their primary key).
+DELETE FROM manufacturing.dashboard_metrics
+ WHERE bucket_start < now() - make_interval(days => %(days)s);
+
 -- analytics_customer_activity --
 -- Rebuild manufacturing.customer_activity for %(ended)s: every customer (by lower-cased email)
 -- who placed an order, had one cancelled or had a payment settle in the 7 days before; their
