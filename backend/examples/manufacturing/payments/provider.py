@@ -87,7 +87,7 @@ async def _send(client: httpx.AsyncClient, request: httpx.Request) -> httpx.Resp
     except httpx.TimeoutException:
         raise ProviderUnavailable(
             f"the payment provider did not answer {where} within {client.timeout.read:g} s "
-            "(TASKHUB_MANUFACTURING_PAYMENT_TIMEOUT)"
+            "(TASKHUB_MANUFACTURING_PAYMENT_TIMEOUT; the health check's: _HEALTH_TIMEOUT)"
         ) from None
     except httpx.TransportError as exc:
         raise ProviderUnavailable(
