@@ -74,20 +74,27 @@ def build_task_app(
     return app
 
 
+def task_arguments(
+    definition: TaskDefinition[Any], job_context: JobContext, kwargs: dict[str, Any]
+) -> tuple[Any, ...]:
+    """What the task function is called with: the stored JSON validated by its model, and a
+    TaskContext if it asks for one (the worker and backend.testing alike)."""
+    if tracing.TRACE_KEY in kwargs:
+        kwargs = tracing.split_trace(kwargs)[0]
+    try:
+        parsed = definition.args_model.model_validate(kwargs)
+    except ValidationError as exc:  # its text would quote the input, secrets included
+        raise describe_validation_error(exc, ("args",)) from None
+    arguments: tuple[Any, ...] = (parsed,) if definition.takes_args else ()
+    return (*arguments, TaskContext(job_context)) if definition.takes_context else arguments
+
+
 def procrastinate_function(definition: TaskDefinition[Any]) -> Callable[..., Any]:
     """The function procrastinate runs: validates the stored JSON, calls the task."""
-    func, model = definition.func, definition.args_model
-    takes_args, takes_context = definition.takes_args, definition.takes_context
+    func = definition.func
 
     def call_args(job_context: JobContext, kwargs: dict[str, Any]) -> tuple[Any, ...]:
-        if tracing.TRACE_KEY in kwargs:
-            kwargs = tracing.split_trace(kwargs)[0]
-        try:
-            parsed = model.model_validate(kwargs)
-        except ValidationError as exc:  # its text would quote the input, secrets included
-            raise describe_validation_error(exc, ("args",)) from None
-        arguments: tuple[Any, ...] = (parsed,) if takes_args else ()
-        return (*arguments, TaskContext(job_context)) if takes_context else arguments
+        return task_arguments(definition, job_context, kwargs)
 
     # procrastinate passes its JobContext first (the app sets pass_context=True).
     time_limit = definition.time_limit

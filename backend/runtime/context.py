@@ -24,6 +24,7 @@ from psycopg_pool import AsyncConnectionPool
 from pydantic_settings import BaseSettings
 
 from backend.db import DictConnection
+from backend.errors import TaskhubError
 from backend.runtime.isolation import SoftTimeLimitExceeded
 from backend.runtime.progress import Progress
 from backend.settings import Settings, load_settings
@@ -32,6 +33,10 @@ RUNTIME_KEY = "taskhub.runtime"
 SETTINGS_KEY = "taskhub.settings"
 APP_SETTINGS_KEY = "taskhub.app_settings"  # {settings class: instance read at start}
 SettingsT = TypeVar("SettingsT", bound=BaseSettings)
+
+
+class NoDatabase(TaskhubError):
+    """A task asked for ``ctx.connection()`` where no database was given (an in-process run)."""
 
 
 class Reporter(Protocol):
@@ -110,7 +115,12 @@ class TaskContext:
         The task is the boundary: helpers it calls take this connection and never commit.
         """
         connector = self._job_context.app.connector
-        assert isinstance(connector, PsycopgConnector)
+        if not isinstance(connector, PsycopgConnector):
+            raise NoDatabase(
+                "ctx.connection() needs a PostgreSQL database, and this run has none "
+                "(backend.testing.run_task: pass connection_url=..., e.g. the "
+                "taskhub_database_url fixture)"
+            )
         pool = cast(AsyncConnectionPool[DictConnection], connector.pool)
         async with pool.connection() as conn, conn.transaction():
             yield conn
