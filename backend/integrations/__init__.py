@@ -1,0 +1,1 @@
+"""Integrations with the frameworks teams already run: deferring from their ORM's transaction."""
