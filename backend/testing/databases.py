@@ -77,10 +77,14 @@ class Templates:
         key = tuple(dict.fromkeys(apps))
         with self._lock:
             if key not in self._made:
+                loaded = load_apps(load_settings(apps=[]), key)
                 name = f"{self.run_id}_tpl{len(self._made)}"
                 url = create_database(self.admin_url, name)
-                loaded = load_apps(load_settings(apps=[]), key)
-                migrate.upgrade(url, apps=loaded.apps)
+                try:
+                    migrate.upgrade(url, apps=loaded.apps)
+                except BaseException:
+                    drop_database(self.admin_url, name)
+                    raise
                 self._made[key] = name
             return self._made[key]
 
