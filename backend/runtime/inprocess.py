@@ -15,6 +15,8 @@ from typing import Any
 import procrastinate
 from procrastinate import JobContext
 from procrastinate.jobs import Job
+from procrastinate.testing import InMemoryConnector
+from psycopg.rows import dict_row
 from pydantic_settings import BaseSettings
 
 from backend.declare.registry import TaskDefinition, to_json
@@ -33,6 +35,19 @@ class RecordingReporter:
 
     def report(self, progress: Progress) -> None:
         self.reports.append(progress)
+
+
+def detached_app(connection_url: str | None) -> procrastinate.App:
+    """An App for one in-process run: on ``connection_url`` (a small pool, dict rows as the
+    worker's), else on procrastinate's in-memory connector (``ctx.connection()`` refuses)."""
+    connector: procrastinate.BaseConnector = (
+        procrastinate.PsycopgConnector(
+            conninfo=connection_url, min_size=1, max_size=2, kwargs={"row_factory": dict_row}
+        )
+        if connection_url is not None
+        else InMemoryConnector()
+    )
+    return procrastinate.App(connector=connector)
 
 
 def detached_context(

@@ -19,13 +19,17 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import procrastinate
-from procrastinate.testing import InMemoryConnector
-from psycopg.rows import dict_row
 from pydantic import BaseModel
 from pydantic_settings import BaseSettings
 
 from backend.declare.registry import TaskDefinition
-from backend.runtime.inprocess import RecordingReporter, call_async, call_sync, detached_context
+from backend.runtime.inprocess import (
+    RecordingReporter,
+    call_async,
+    call_sync,
+    detached_app,
+    detached_context,
+)
 from backend.runtime.progress import Progress
 from backend.settings import Settings, load_settings
 from backend.testing.jobs import run_coroutine
@@ -66,14 +70,7 @@ def _prepare(
     stored = task.validate_args({} if args is None else args)  # InvalidJobArguments, as defer
     if settings is None and connection_url is not None:
         settings = load_settings(database_url=connection_url)
-    connector: procrastinate.BaseConnector = (
-        procrastinate.PsycopgConnector(
-            conninfo=connection_url, min_size=1, max_size=2, kwargs={"row_factory": dict_row}
-        )
-        if connection_url is not None
-        else InMemoryConnector()
-    )
-    app = procrastinate.App(connector=connector)
+    app = detached_app(connection_url)
     run = TaskRun(task=task.name, args=stored, job_id=job_id, attempt=attempt)
     reporter = RecordingReporter()
     run.progress = reporter.reports
