@@ -12,13 +12,17 @@ from typing import Any
 
 import psycopg
 from sqlalchemy.engine import Dialect
-from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import Session
+from sqlalchemy.ext.asyncio import AsyncSession, async_scoped_session
+from sqlalchemy.orm import Session, scoped_session
 
 from backend import defer as core
 from backend.declare.registry import TaskDefinition
 
 __all__ = ["batch_defer", "batch_defer_async", "defer", "defer_async"]
+
+#: A session, or a scoped one such as Flask-SQLAlchemy's ``db.session``.
+AnySession = Session | scoped_session[Any]
+AnyAsyncSession = AsyncSession | async_scoped_session[Any]
 
 
 def _require_psycopg(dialect: Dialect) -> None:
@@ -31,7 +35,7 @@ def _require_psycopg(dialect: Dialect) -> None:
         )
 
 
-def _sync_connection(session: Session) -> psycopg.Connection[Any]:
+def _sync_connection(session: AnySession) -> psycopg.Connection[Any]:
     _require_psycopg(session.get_bind().dialect)
     driver = session.connection().connection.driver_connection
     if not isinstance(driver, psycopg.Connection):
@@ -42,7 +46,7 @@ def _sync_connection(session: Session) -> psycopg.Connection[Any]:
     return driver
 
 
-async def _async_connection(session: AsyncSession) -> psycopg.AsyncConnection[Any]:
+async def _async_connection(session: AnyAsyncSession) -> psycopg.AsyncConnection[Any]:
     _require_psycopg(session.get_bind().dialect)
     raw = await (await session.connection()).get_raw_connection()
     driver = raw.driver_connection
@@ -54,27 +58,27 @@ async def _async_connection(session: AsyncSession) -> psycopg.AsyncConnection[An
     return driver
 
 
-def defer(session: Session, task: TaskDefinition[Any], args: core.Args, **options: Any) -> int:
+def defer(session: AnySession, task: TaskDefinition[Any], args: core.Args, **options: Any) -> int:
     """Enqueue one job in ``session``'s transaction; the session's commit commits it."""
     return batch_defer(session, task, [args], **options)[0]
 
 
 def batch_defer(
-    session: Session, task: TaskDefinition[Any], many_args: Iterable[core.Args], **options: Any
+    session: AnySession, task: TaskDefinition[Any], many_args: Iterable[core.Args], **options: Any
 ) -> list[int]:
     """Enqueue many jobs of one task in one statement, in ``session``'s transaction."""
     return core.batch_defer_sync(_sync_connection(session), task, many_args, **options)
 
 
 async def defer_async(
-    session: AsyncSession, task: TaskDefinition[Any], args: core.Args, **options: Any
+    session: AnyAsyncSession, task: TaskDefinition[Any], args: core.Args, **options: Any
 ) -> int:
     """Like :func:`defer`, for an ``AsyncSession``."""
     return (await batch_defer_async(session, task, [args], **options))[0]
 
 
 async def batch_defer_async(
-    session: AsyncSession,
+    session: AnyAsyncSession,
     task: TaskDefinition[Any],
     many_args: Iterable[core.Args],
     **options: Any,
