@@ -8,14 +8,17 @@ import secrets
 from collections.abc import Iterator
 
 from backend.examples.erp import demo as erp_demo
+from backend.examples.fieldops import demo as fieldops_demo
 from backend.examples.manufacturing import demo as manufacturing_demo
 from backend.examples.scheduling import demo as scheduling_demo
+from backend.process.embedded import database_url
 from backend.settings import Settings
 
 EXAMPLE_APPS = (
     "backend.examples.erp",
     "backend.examples.scheduling",
     "backend.examples.manufacturing",
+    "backend.examples.fieldops",
 )
 #: What to try once the API is up ({auth}: the curl header, {base}: the API's URL).
 TRY_LINES = (
@@ -43,6 +46,10 @@ def demo(settings: Settings) -> Iterator[tuple[Settings, list[str]]]:
     """
     token = secrets.token_urlsafe(16)
     with (
+        # The Flask app of field operations needs the database before `up` opens it: the demo
+        # starts it (the embedded server when DATABASE_URL is unset) and hands `up` its URL.
+        database_url(settings) as url,
+        fieldops_demo.serve_demo(url, settings.data_dir) as (fieldops_env, fieldops_lines),
         erp_demo.serve_demo(token) as (erp_env, erp_lines),
         scheduling_demo.serve_demo(token) as (scheduling_env, scheduling_lines),
         manufacturing_demo.serve_demo(token, settings.data_dir) as (
@@ -55,7 +62,13 @@ def demo(settings: Settings) -> Iterator[tuple[Settings, list[str]]]:
             "TASKHUB_MANUFACTURING_ERP_BASE_URL": erp_env["TASKHUB_ERP_BASE_URL"],
             "TASKHUB_MANUFACTURING_ERP_TOKEN": erp_env["TASKHUB_ERP_TOKEN"],
         }
-        environment = {**erp_env, **scheduling_env, **manufacturing_env, **erp_for_manufacturing}
+        environment = {
+            **erp_env,
+            **scheduling_env,
+            **manufacturing_env,
+            **erp_for_manufacturing,
+            **fieldops_env,
+        }
         previous = {name: os.environ.get(name) for name in environment}
         os.environ.update(environment)
         try:
@@ -63,8 +76,10 @@ def demo(settings: Settings) -> Iterator[tuple[Settings, list[str]]]:
             # The manufacturing seed alerts on every final failure of its critical tier.
             critical = settings.critical_queues or list(manufacturing_demo.CRITICAL_QUEUES)
             yield (
-                settings.model_copy(update={"apps": apps, "critical_queues": critical}),
-                [*erp_lines, *scheduling_lines, *manufacturing_lines],
+                settings.model_copy(
+                    update={"apps": apps, "critical_queues": critical, "database_url": url}
+                ),
+                [*erp_lines, *scheduling_lines, *manufacturing_lines, *fieldops_lines],
             )
         finally:
             for name, value in previous.items():
