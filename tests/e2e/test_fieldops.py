@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import contextlib
 import io
+import re
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import boto3
 import httpx
 import psycopg
 import pytest
@@ -134,3 +136,42 @@ def test_the_flask_app_defers_and_a_worker_runs_its_jobs(
     offsite = tmp_path / "offsite" / local.name
     assert offsite.read_bytes() == local.read_bytes()
     assert worker.stop() == 0
+
+
+def test_up_demo_serves_the_flask_app_and_copies_backups_to_its_s3(
+    spawn: type[TaskhubProcess], tmp_path: Path, db_url: str
+) -> None:
+    env = clean_env(DATABASE_URL=db_url, TASKHUB_API_PORT=str(free_port()))
+    up = spawn(["up", "--demo"], tmp_path, env)
+    up.wait_for_line("Stop with Ctrl-C.")
+    flask = re.search(r"demo field operations \(Flask\): (http://\S+)", up.output)
+    s3 = re.search(r"demo S3 \(off-site backups\): (http://\S+)/k9-offsite", up.output)
+    assert flask is not None, up.output
+    assert s3 is not None, up.output
+    asked = httpx.post(
+        f"{flask[1]}/reports", json={"day_from": "2030-01-01", "day_to": "2030-01-02"}
+    )
+    assert asked.status_code == 202, asked.text
+    wait_status(db_url, asked.json()["report"]["job_id"], "succeeded", timeout=60)
+    assert httpx.get(f"{flask[1]}/reports/1/pdf").content.startswith(b"%PDF")
+
+    backup = run_cli(["defer", "--app", APP, "fieldops.run_automated_backup"], tmp_path, env)
+    assert backup.returncode == 0, backup.stdout + backup.stderr
+    with psycopg.connect(db_url) as conn:
+        row = conn.execute(
+            "SELECT id FROM procrastinate_jobs WHERE task_name = 'fieldops.run_automated_backup'"
+        ).fetchone()
+    assert row is not None
+    finished = wait_status(db_url, row[0], "succeeded", timeout=90)
+    location = finished["result"]["offsite"]["location"]
+    client = boto3.client(
+        "s3",
+        endpoint_url=s3[1],
+        region_name="us-east-1",
+        aws_access_key_id="demo-key-id",
+        aws_secret_access_key="demo-secret",
+    )
+    key = location.removeprefix("s3://k9-offsite/")
+    size = client.head_object(Bucket="k9-offsite", Key=key)["ContentLength"]
+    assert size == Path(finished["result"]["backup"]["path"]).stat().st_size
+    assert up.stop() == 0
