@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 from backend.examples.erp import demo as erp_demo
 from backend.examples.fieldops import demo as fieldops_demo
+from backend.examples.hrms import demo as hrms_demo
 from backend.examples.manufacturing import demo as manufacturing_demo
 from backend.examples.scheduling import demo as scheduling_demo
 from backend.process.embedded import database_url
@@ -19,6 +20,7 @@ EXAMPLE_APPS = (
     "backend.examples.scheduling",
     "backend.examples.manufacturing",
     "backend.examples.fieldops",
+    "backend.examples.hrms.app",
 )
 #: What to try once the API is up ({auth}: the curl header, {base}: the API's URL).
 TRY_LINES = (
@@ -50,6 +52,7 @@ def demo(settings: Settings) -> Iterator[tuple[Settings, list[str]]]:
         # starts it (the embedded server when DATABASE_URL is unset) and hands `up` its URL.
         database_url(settings) as url,
         fieldops_demo.serve_demo(url, settings.data_dir) as (fieldops_env, fieldops_lines),
+        hrms_demo.serve_demo(url) as (hrms_env, hrms_lines),
         erp_demo.serve_demo(token) as (erp_env, erp_lines),
         scheduling_demo.serve_demo(token) as (scheduling_env, scheduling_lines),
         manufacturing_demo.serve_demo(token, settings.data_dir) as (
@@ -68,6 +71,7 @@ def demo(settings: Settings) -> Iterator[tuple[Settings, list[str]]]:
             **manufacturing_env,
             **erp_for_manufacturing,
             **fieldops_env,
+            **hrms_env,
         }
         previous = {name: os.environ.get(name) for name in environment}
         os.environ.update(environment)
@@ -79,7 +83,13 @@ def demo(settings: Settings) -> Iterator[tuple[Settings, list[str]]]:
                 settings.model_copy(
                     update={"apps": apps, "critical_queues": critical, "database_url": url}
                 ),
-                [*erp_lines, *scheduling_lines, *manufacturing_lines, *fieldops_lines],
+                [
+                    *erp_lines,
+                    *scheduling_lines,
+                    *manufacturing_lines,
+                    *fieldops_lines,
+                    *hrms_lines,
+                ],
             )
         finally:
             for name, value in previous.items():

@@ -4,6 +4,7 @@ over HTTP whose chart sync job waits for a worker and then succeeds."""
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
@@ -101,3 +102,26 @@ def test_upload_waits_for_a_worker_and_survives_a_killed_one(
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+def test_up_demo_serves_the_django_project_and_runs_its_upload(
+    spawn: type[TaskhubProcess], tmp_path: Path, db_url: str
+) -> None:
+    """`taskhub up --demo` migrates the project's tables with its own manage.py, serves its
+    views, and its workers run the upload's chart sync."""
+    env = clean_env(DATABASE_URL=db_url, TASKHUB_API_PORT=str(free_port()))
+    up = spawn(["up", "--demo"], tmp_path, env)
+    up.wait_for_line("Stop with Ctrl-C.")
+    found = re.search(r"demo HRMS \(Django\): (http://\S+)", up.output)
+    assert found is not None, up.output
+    base = found[1]
+    tenant = httpx.post(f"{base}/api/tenants/", json={"name": "demo"}).json()
+    answer = httpx.post(
+        f"{base}/api/salary-uploads/",
+        data={"tenant_id": tenant["id"], "year": 2025, "month": "FEB"},
+        files={"file": ("feb.csv", CSV, "text/csv")},
+    )
+    assert answer.status_code == 201, answer.text
+    done = wait_state(base, answer.json()["task_id"], "SUCCESS")
+    assert done["result"]["employees"] == 2
+    assert up.stop() == 0, up.output

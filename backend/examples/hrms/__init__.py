@@ -11,3 +11,6 @@
 
 Importing this package imports nothing of Django: ``app.py`` sets Django up.
 """
+
+#: The Django settings module, named here so that importing it sets nothing up.
+SETTINGS_MODULE = "backend.examples.hrms.project.settings"

@@ -6,9 +6,8 @@ tables are Django's (``python manage.py migrate``), taskhub's schema ``taskhub m
 
 from __future__ import annotations
 
+from backend.examples.hrms import SETTINGS_MODULE
 from backend.integrations.django.app import django_app
-
-SETTINGS_MODULE = "backend.examples.hrms.project.settings"
 
 app = django_app(
     "hrms",
