@@ -1,5 +1,5 @@
 """The HRMS Django project with real processes: the team's own ``manage.py migrate`` and
-``runserver``, ``taskhub migrate``, ``taskhub worker`` processes (one SIGKILLed), an upload
+``runserver``, ``taskhub migrate``, ``taskhub worker`` processes (one SIGKILLed mid-job), an upload
 over HTTP whose chart sync job waits for a worker and then succeeds."""
 
 from __future__ import annotations
@@ -49,10 +49,17 @@ def wait_http(base: str, server: subprocess.Popen[str], timeout: float = 30) -> 
             time.sleep(0.1)
 
 
-def test_upload_waits_for_a_worker_and_survives_a_killed_one(
+def test_upload_waits_for_a_worker_and_survives_one_killed_mid_job(
     spawn: type[TaskhubProcess], tmp_path: Path, empty_db_url: str
 ) -> None:
-    env = clean_env(DATABASE_URL=empty_db_url, TASKHUB_DATA_DIR=str(tmp_path / ".taskhub"))
+    env = clean_env(
+        DATABASE_URL=empty_db_url,
+        TASKHUB_DATA_DIR=str(tmp_path / ".taskhub"),
+        # A killed worker's job is rescued within seconds.
+        TASKHUB_HEARTBEAT_INTERVAL="0.5",
+        TASKHUB_RESCUE_AFTER="2",
+        TASKHUB_SCHEDULES="taskhub.rescue_stalled_jobs=* * * * * *",
+    )
     migrated = run_cli(["migrate", "--app", APP], ROOT, env)
     assert migrated.returncode == 0, migrated.stderr
     django_migrate = subprocess.run(
@@ -88,15 +95,29 @@ def test_upload_waits_for_a_worker_and_survives_a_killed_one(
         time.sleep(1)
         assert wait_state(base, task_id, "PENDING")["attempts"] == 0  # no worker alive
 
+        # A worker takes it and is killed mid-job: the test holds a lock on the chart table,
+        # so the job waits inside its transaction, then the worker dies with nothing committed.
+        holder = psycopg.connect(empty_db_url)
+        holder.execute("LOCK TABLE salaries_chartaggregateddata IN ACCESS EXCLUSIVE MODE")
+        killed = spawn([*worker_args, "--processes", "1"], ROOT, env)  # the worker itself
+        wait_state(base, task_id, "STARTED")
+        killed.stop(signal.SIGKILL)
+        holder.rollback()
+        holder.close()
+
         workers = [spawn(worker_args, ROOT, env) for _ in range(2)]
         done = wait_state(base, task_id, "SUCCESS")
         assert done["result"]["employees"] == 2
-        assert done["attempts"] == 1
+        assert done["attempts"] == 2, done  # the lost attempt counted, then a clean one
         with psycopg.connect(empty_db_url) as conn:
             rows = conn.execute(
                 "SELECT department, employees FROM salaries_chartaggregateddata ORDER BY 1"
             ).fetchall()
+            errors = conn.execute(
+                "SELECT type FROM taskhub.job_errors WHERE job_id = %s", (int(task_id),)
+            ).fetchall()
         assert rows == [("Ops", 1), ("Sales", 1)]
+        assert errors == [("WorkerLost",)]
         for worker in workers:
             assert worker.stop() == 0, worker.output
     finally:
