@@ -11,6 +11,9 @@ import hashlib
 import hmac
 import os
 import secrets
+import time
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
@@ -75,3 +78,47 @@ def authenticate(tokens: list[ApiToken], presented: str) -> ApiToken | None:
         if hmac.compare_digest(token.secret.encode(), presented.encode()):
             found = token
     return found
+
+
+class LoginThrottle:
+    """Failed logins per client address: after ``limit`` within ``window`` seconds, that
+    address is refused until its oldest failure leaves the window (guessing tokens or
+    passwords stays slow). In memory, per process; at most ``max_clients`` addresses kept."""
+
+    def __init__(
+        self,
+        limit: int = 10,
+        window: float = 300.0,
+        clock: Callable[[], float] = time.monotonic,
+        max_clients: int = 10_000,
+    ) -> None:
+        self.limit, self.window, self._clock, self._max = limit, window, clock, max_clients
+        self._failures: dict[str, deque[float]] = {}
+
+    def _recent(self, client: str) -> deque[float]:
+        failures = self._failures.get(client, deque())
+        horizon = self._clock() - self.window
+        while failures and failures[0] <= horizon:
+            failures.popleft()
+        return failures
+
+    def retry_after(self, client: str) -> float | None:
+        """Seconds until ``client`` may try again, or None when it may now."""
+        failures = self._recent(client)
+        if len(failures) < self.limit:
+            return None
+        return max(1.0, failures[0] + self.window - self._clock())
+
+    def failed(self, client: str) -> None:
+        if client not in self._failures and len(self._failures) >= self._max:
+            for known in list(self._failures):
+                if not self._recent(known):
+                    del self._failures[known]
+            if len(self._failures) >= self._max:
+                self._failures.pop(next(iter(self._failures)))
+        failures = self._recent(client)
+        failures.append(self._clock())
+        self._failures[client] = failures
+
+    def succeeded(self, client: str) -> None:
+        self._failures.pop(client, None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Annotated, Any, cast
 
@@ -10,17 +11,29 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from backend.auth import ApiToken, Scope, authenticate
+from backend.auth import ApiToken, LoginThrottle, Scope, authenticate
 from backend.control.waiting import JobWatcher
 from backend.db import DictConnection
 from backend.declare.apps import LoadedApps
 from backend.errors import DatabaseUnavailable, TaskhubError
+
+logger = logging.getLogger(__name__)
 
 
 class Unauthenticated(TaskhubError):
     """No valid API token."""
 
     status_code = 401
+
+
+class TooManyFailures(TaskhubError):
+    """Too many bad tokens from this address lately: guessing stays slow."""
+
+    status_code = 429
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.headers = {"Retry-After": str(int(retry_after))}
 
 
 class Forbidden(TaskhubError):
@@ -70,6 +83,14 @@ async def get_conn(
         yield conn
 
 
+def token_throttle(request: Request) -> LoginThrottle:
+    """Bad tokens per client address, as the dashboard counts failed logins."""
+    throttle = getattr(request.app.state, "token_throttle", None)
+    if throttle is None:
+        throttle = request.app.state.token_throttle = LoginThrottle()
+    return cast(LoginThrottle, throttle)
+
+
 bearer = HTTPBearer(
     auto_error=False,
     bearerFormat="opaque token",
@@ -89,10 +110,25 @@ def require(scope: Scope) -> Callable[..., Coroutine[Any, Any, ApiToken]]:
         request: Request,
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
     ) -> ApiToken:
-        token = (
-            authenticate(request.app.state.tokens, credentials.credentials) if credentials else None
-        )
+        if credentials is None:
+            raise Unauthenticated("a valid API token is required: Authorization: Bearer <token>")
+        throttle = token_throttle(request)
+        client = request.client.host if request.client else "unknown"
+        wait = throttle.retry_after(client)
+        if wait is not None:
+            raise TooManyFailures(
+                f"too many invalid API tokens from {client}: try again in {wait:.0f} s", wait
+            )
+        token = authenticate(request.app.state.tokens, credentials.credentials)
         if token is None:
+            throttle.failed(client)
+            # Never the token itself: a near-miss of a real one would leak it.
+            logger.warning(
+                "refused an invalid API token from %s (%s %s)",
+                client,
+                request.method,
+                request.url.path,
+            )
             raise Unauthenticated("a valid API token is required: Authorization: Bearer <token>")
         if token.scope < scope:
             raise Forbidden(f"this needs the {scope.name} scope; the token has {token.scope.name}")

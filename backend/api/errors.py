@@ -83,4 +83,8 @@ def install_error_handlers(app: FastAPI) -> None:
             # The same shape as FastAPI's own 422, with the field at fault under "body".
             detail = [{**error, "loc": ["body", *error["loc"]]} for error in exc.errors]
             return JSONResponse({"detail": _safe_errors(detail)}, status_code=exc.status_code)
-        return JSONResponse({"detail": _json_safe(exc.message)}, status_code=exc.status_code)
+        return JSONResponse(
+            {"detail": _json_safe(exc.message)},
+            status_code=exc.status_code,
+            headers=getattr(exc, "headers", None),
+        )

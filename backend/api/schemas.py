@@ -343,7 +343,20 @@ UNAUTHENTICATED: Responses = {
             "No token, or an unknown one",
             "a valid API token is required: Authorization: Bearer <token>",
         ),
-    )
+    ),
+    429: {
+        **error_response(
+            "Too many invalid tokens from this address within 5 minutes (10): every token it"
+            " sends is refused until `Retry-After` seconds have passed.",
+            throttled=(
+                "Guessing tokens",
+                "too many invalid API tokens from 203.0.113.7: try again in 287 s",
+            ),
+        ),
+        "headers": {
+            "Retry-After": {"description": "Seconds to wait.", "schema": {"type": "string"}}
+        },
+    },
 }
 FORBIDDEN: Responses = {
     403: error_response(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import json
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
@@ -40,6 +41,7 @@ from backend.maintenance import backups
 from backend.queries import QUERIES, load_queries
 
 router = APIRouter()
+logger = logging.getLogger(__name__)
 SQL = load_queries("backend.dashboard.sql")
 
 PAGE_SIZE = 50
@@ -108,6 +110,7 @@ async def login(
             users=_has_users(dashboard),
         )
         held.headers["Retry-After"] = str(int(wait))
+        logger.warning("held a dashboard login from %s: too many failures", client)
         return held
     if token:
         found = dashboard.logins.with_token(token.strip())
@@ -118,6 +121,12 @@ async def login(
         found = None
     if found is None:
         dashboard.throttle.failed(client)
+        # Neither the token nor the user name: either may be a mistyped secret.
+        logger.warning(
+            "refused a dashboard login from %s (%s)",
+            client,
+            "a token" if token else "a user and password",
+        )
         return dashboard.templates.page(
             request,
             "login.html",
