@@ -5,7 +5,8 @@ by procrastinate's rules plus one: a paused queue's jobs wait. ``fetch_job`` (on
 callers of procrastinate's own API) goes through ``taskhub.fetch_job``, a copy of
 ``procrastinate_fetch_job_v2`` (migrations/sql/0003) with the same paused-queue test.
 ``listen_for_jobs`` hands the worker procrastinate's notifications without an asyncio task
-for each one.
+for each one. ``defer_periodic_job`` goes through ``taskhub.defer_periodic_job`` (migration
+0016): a schedule's ticks only move forward, whatever the deferring worker's clock says.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import psycopg
-from procrastinate import jobs
+from procrastinate import exceptions, jobs
 from procrastinate.connector import LISTEN_TIMEOUT
 from procrastinate.manager import JobManager, get_channel_for_queues
 from psycopg import sql
@@ -65,6 +66,30 @@ class TaskhubJobManager(JobManager):
                     await listening.close()
         finally:
             await listening.close()
+
+    async def defer_periodic_job(
+        self, job: jobs.Job, periodic_id: str, defer_timestamp: int
+    ) -> int | None:
+        """procrastinate's (3.10), through ``taskhub.defer_periodic_job``: None when the tick
+        was deferred already, or is older than the newest one deferred."""
+        if job.task_kwargs.get("timestamp") != defer_timestamp:
+            raise exceptions.InvalidTimestamp
+        try:
+            row = await self.connector.execute_query_one_async(
+                query=QUERIES["defer_periodic_job"],
+                task_name=job.task_name,
+                defer_timestamp=defer_timestamp,
+                periodic_id=periodic_id,
+                queue=job.queue,
+                priority=job.priority,
+                lock=job.lock,
+                queueing_lock=job.queueing_lock,
+                args=job.task_kwargs,
+            )
+        except exceptions.UniqueViolation as exc:
+            self._raise_already_enqueued(exc=exc, queueing_lock=job.queueing_lock)
+        job_id: int | None = row["id"]
+        return job_id
 
     async def fetch_job(self, queues: Iterable[str] | None, worker_id: int) -> jobs.Job | None:
         row = await self.connector.execute_query_one_async(

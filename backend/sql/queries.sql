@@ -393,3 +393,10 @@ SELECT DISTINCT ON (defers.task_name)
   LEFT JOIN taskhub.job_overview job ON job.id = defers.job_id
  WHERE defers.task_name = ANY(%(tasks)s::varchar[]) AND defers.periodic_id = defers.task_name
  ORDER BY defers.task_name, defers.defer_timestamp DESC;
+
+-- defer_periodic_job --
+-- procrastinate's defer_periodic_job query through taskhub.defer_periodic_job (migration 0016):
+-- a tick at or before the schedule's newest recorded one is not deferred again.
+SELECT taskhub.defer_periodic_job(%(queue)s, %(lock)s, %(queueing_lock)s, %(task_name)s,
+                                  %(priority)s, %(periodic_id)s, %(defer_timestamp)s,
+                                  %(args)s) AS id;

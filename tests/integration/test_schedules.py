@@ -96,6 +96,25 @@ async def test_a_restart_within_a_tick_does_not_defer_it_again(
     assert await tick_jobs(conn) == [int(at(2026, 11, 22, 10)), int(at(2026, 11, 22, 10, 1))]
 
 
+async def test_a_lagging_clock_never_defers_a_tick_older_than_the_newest(
+    settings: Settings, db_url: str, conn: DictConnection
+) -> None:
+    """One process's clock is ahead and has deferred 10:01 (whose record replaced 10:00's); a
+    process started later with a clock two minutes behind catches up its "latest missed tick",
+    10:00, and must not run it again."""
+    async with deferrers(settings, db_url, 1) as [ahead]:
+        await defer_due(ahead, at(2026, 11, 22, 10, 0, 1))
+        await defer_due(ahead, at(2026, 11, 22, 10, 1, 1))
+    async with deferrers(settings, db_url, 1) as [behind]:
+        await defer_due(behind, at(2026, 11, 22, 10, 0, 30))
+        await defer_due(behind, at(2026, 11, 22, 10, 2, 1))
+    assert await tick_jobs(conn) == [
+        int(at(2026, 11, 22, 10)),
+        int(at(2026, 11, 22, 10, 1)),
+        int(at(2026, 11, 22, 10, 2)),
+    ]
+
+
 async def test_after_downtime_only_the_latest_tick_within_the_catch_up_runs(
     settings: Settings, db_url: str, conn: DictConnection
 ) -> None:
