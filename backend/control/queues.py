@@ -31,7 +31,6 @@ class PurgeResult(BaseModel):
 async def purge(conn: DictConnection, name: str, actor: str) -> PurgeResult:
     """Delete the queue's waiting jobs (running ones go on), audited when any was deleted.
     A job a worker is fetching at that instant is left to run."""
-    await conn.execute(QUERIES["purge_unlink_schedules"], {"queue": name})
     cursor = await conn.execute(QUERIES["purge_queue"], {"queue": name, "actor": actor})
     row = await cursor.fetchone()
     return PurgeResult(name=name, purged=int(row["purged"]) if row else 0)

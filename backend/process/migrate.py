@@ -23,6 +23,7 @@ from alembic.script import ScriptDirectory
 
 from backend.declare.apps import TaskhubApp
 from backend.errors import DatabaseUnavailable
+from backend.queries import QUERIES
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent.parent / "migrations"
 # Any constant works; it only has to be the same for every taskhub migrator.
@@ -44,6 +45,7 @@ def run_migrations_online(url: str, version_table: str = "alembic_version") -> N
     )
     with engine.connect() as connection:
         connection.exec_driver_sql(f"SELECT pg_advisory_lock({MIGRATION_LOCK_ID})")
+        connection.exec_driver_sql(QUERIES["migrate_as_owner"])
         connection.commit()
         try:
             context.configure(

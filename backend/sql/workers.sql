@@ -45,31 +45,9 @@ WITH gone AS (
 )
 SELECT count(*) AS deleted FROM gone;
 
--- purge_unlink_schedules --
--- Before a purge: a schedule's latest run forgets its waiting job (its foreign key has no
--- cascade), so purge_queue can delete it.
-UPDATE procrastinate_periodic_defers SET job_id = NULL
- WHERE job_id IN (SELECT id FROM procrastinate_jobs
-                   WHERE queue_name = %(queue)s AND status = 'todo');
-
 -- purge_queue --
 -- Delete a queue's waiting jobs (todo; running ones are left alone, and so is one a worker is
--- fetching right now), their events, progress and results cascading. A schedule's job deferred
--- since purge_unlink_schedules stays. Audited when something was deleted. Returns how many.
-WITH purged AS (
-    DELETE FROM procrastinate_jobs job
-     WHERE job.id IN (SELECT id FROM procrastinate_jobs
-                       WHERE queue_name = %(queue)s AND status = 'todo'
-                         FOR UPDATE SKIP LOCKED)
-       AND NOT EXISTS (SELECT 1 FROM procrastinate_periodic_defers defer
-                        WHERE defer.job_id = job.id)
- RETURNING job.id
-), counted AS (
-    SELECT count(*) AS purged FROM purged
-), audited AS (
-    INSERT INTO taskhub.audit_log (actor, action, details)
-    SELECT %(actor)s, 'purge', jsonb_build_object('queue', %(queue)s::text, 'jobs', purged)
-      FROM counted WHERE purged > 0
- RETURNING 1
-)
-SELECT purged FROM counted;
+-- fetching right now), their events, progress and results cascading; a schedule's latest run
+-- forgets its job first. Audited when something was deleted. Returns how many. Through
+-- taskhub.purge_queue (migration 0017): the API's role may not delete jobs itself.
+SELECT taskhub.purge_queue(%(queue)s, %(actor)s) AS purged;
