@@ -8,9 +8,11 @@ import os
 import socket
 from collections.abc import Iterable
 
+import psycopg
 from procrastinate import App
 
 from backend.queries import QUERIES
+from backend.runtime.connection import DedicatedConnection
 
 
 async def register(
@@ -27,11 +29,21 @@ async def register(
     )
 
 
-async def heartbeat(app: App, worker_id: int, jobs_done: int) -> None:
-    """procrastinate's heartbeat and the row's, jobs done included, in one statement."""
-    await app.connector.execute_query_async(
-        QUERIES["worker_heartbeat"], worker_id=worker_id, jobs_done=jobs_done
-    )
+async def heartbeat(connection: DedicatedConnection, worker_id: int, jobs_done: int) -> None:
+    """procrastinate's heartbeat and the row's, jobs done included, in one statement.
+
+    On the worker's own connection, never the pool: with a pool smaller than the concurrency,
+    a beat queued behind tasks holding every pooled connection could come after
+    TASKHUB_RESCUE_AFTER, and the live worker's jobs be rescued and run twice. A connection
+    broken by a server restart is opened again for a second try.
+    """
+    params = {"worker_id": worker_id, "jobs_done": jobs_done}
+    try:
+        await connection.fetch_all(QUERIES["worker_heartbeat"], params)
+    except psycopg.OperationalError:
+        if not connection.is_broken():
+            raise
+        await connection.fetch_all(QUERIES["worker_heartbeat"], params)
 
 
 async def stopped(app: App, worker_id: int, jobs_done: int) -> None:

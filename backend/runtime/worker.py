@@ -306,6 +306,7 @@ class TaskhubWorker(Worker):
         self._still_running = 0  # started jobs whose outcome is not submitted yet
         self._early_aborts: dict[int, float] = {}  # abort requests for jobs not running yet
         self._fetch_connection: DedicatedConnection | None = None
+        self._heartbeat_connection: DedicatedConnection | None = None
         self._finisher: FinishBatcher | None = None
         # Per task: whether it is async, and its task middlewares (fixed once the worker runs).
         self._task_plans: dict[str, tuple[bool, list[Any]]] = {}
@@ -440,11 +441,13 @@ class TaskhubWorker(Worker):
         )
 
     async def _update_heartbeat(self) -> None:
-        """procrastinate's heartbeat loop; each beat also writes the worker's row."""
+        """procrastinate's heartbeat loop, on the worker's own connection (see
+        ``registration.heartbeat``); each beat also writes the worker's row."""
         while True:
             await asyncio.sleep(self.update_heartbeat_interval)
             assert self.worker_id is not None
-            await registration.heartbeat(self.app, self.worker_id, self.jobs_done)
+            assert self._heartbeat_connection is not None
+            await registration.heartbeat(self._heartbeat_connection, self.worker_id, self.jobs_done)
 
     async def _shutdown(self, side_tasks: list[asyncio.Task[Any]]) -> None:
         """procrastinate's graceful stop (it unregisters the worker), then the row says so."""
@@ -479,6 +482,7 @@ class TaskhubWorker(Worker):
         finish_connection = DedicatedConnection.like_pool_of(
             connector, settings=FINISH_CONNECTION_SETTINGS
         )
+        self._heartbeat_connection = DedicatedConnection.like_pool_of(connector)
         self._finisher = FinishBatcher(
             finish_connection,
             QUERIES["finish_jobs"],
@@ -494,6 +498,7 @@ class TaskhubWorker(Worker):
             await self._finisher.drain()  # the last batch's wake-ups for its waiters
             await self._fetch_connection.close()
             await finish_connection.close()
+            await self._heartbeat_connection.close()
             if self._memory is not None:
                 self._memory.close()
 
