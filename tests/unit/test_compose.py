@@ -50,13 +50,36 @@ def test_taskhub_services_share_one_image(services: dict[str, dict[str, Any]]) -
     assert images != {"None"}
 
 
-def test_taskhub_services_share_one_database(services: dict[str, dict[str, Any]]) -> None:
-    urls = {environment(services[name]).get("DATABASE_URL") for name in TASKHUB_SERVICES}
+def test_taskhub_services_share_one_database_each_as_its_own_login(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    urls = {name: environment(services[name]).get("DATABASE_URL") for name in TASKHUB_SERVICES}
+    places, users = set(), {}
+    for name, url in urls.items():
+        assert url is not None
+        assert load_settings(database_url=url).database_url == url
+        params = psycopg.conninfo.conninfo_to_dict(url)
+        places.add((params["host"], params.get("port"), params["dbname"]))
+        users[name] = params["user"]
 
-    assert len(urls) == 1
-    (url,) = urls
-    assert url is not None
-    assert load_settings(database_url=url).database_url == url
+    assert len(places) == 1
+    # docs/operations.md, "Database roles": the logins deploy/postgres/taskhub-roles.sh creates.
+    assert users == {
+        "migrate": "taskhub_migrator",
+        "api": "taskhub_api_user",
+        "worker": "taskhub_worker_user",
+    }
+    init = Path(__file__).resolve().parents[2] / "deploy/postgres/taskhub-roles.sh"
+    script = init.read_text()
+    for user, role in [
+        ("taskhub_migrator", "taskhub_owner"),
+        ("taskhub_api_user", "taskhub_api"),
+        ("taskhub_worker_user", "taskhub_worker"),
+    ]:
+        assert f"CREATE ROLE {user} LOGIN PASSWORD" in script
+        assert re.search(rf"CREATE ROLE {user} .* IN ROLE {role};", script)
+    mounts = [str(volume) for volume in services["postgres"].get("volumes", [])]
+    assert any("taskhub-roles.sh:/docker-entrypoint-initdb.d/" in mount for mount in mounts)
 
 
 def test_the_database_url_points_at_the_postgres_service(
@@ -69,8 +92,9 @@ def test_the_database_url_points_at_the_postgres_service(
 
     assert params["host"] == "postgres"
     assert str(params.get("port", 5432)) == "5432"
-    assert params["user"] == postgres["POSTGRES_USER"]
-    assert params["password"] == postgres["POSTGRES_PASSWORD"]
+    # Its own login, with the password the init script gives it; never the superuser.
+    assert params["user"] == "taskhub_api_user" != postgres["POSTGRES_USER"]
+    assert params["password"] == postgres["TASKHUB_API_DB_PASSWORD"]
     assert params["dbname"] == postgres["POSTGRES_DB"]
 
 
