@@ -23,10 +23,16 @@ class SettingsError(TaskhubError):
     exit_code = 2
 
 
+#: Seconds a client is told to wait (``Retry-After``) when the database is down: a restart or a
+#: failover usually takes that long, and clients that retry at once only add to the load.
+RETRY_AFTER_DATABASE = 5
+
+
 class DatabaseUnavailable(TaskhubError):
     """The database cannot be reached."""
 
     status_code = 503
+    headers = {"Retry-After": str(RETRY_AFTER_DATABASE)}
 
 
 class NotMigrated(TaskhubError):

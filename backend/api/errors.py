@@ -11,7 +11,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from backend.errors import InvalidJobArguments, TaskhubError
+from backend.errors import DatabaseUnavailable, InvalidJobArguments, TaskhubError
 
 #: How much of an invalid input a 422 echoes back.
 ECHO_CHARS = 200
@@ -74,7 +74,9 @@ def install_error_handlers(app: FastAPI) -> None:
         # The server went away during the request (a restart, a failover). A broken
         # connection leaves the pool; the request can be sent again.
         return JSONResponse(
-            {"detail": "the database connection was lost; try again shortly"}, status_code=503
+            {"detail": "the database connection was lost; try again shortly"},
+            status_code=503,
+            headers=DatabaseUnavailable.headers,
         )
 
     @app.exception_handler(TaskhubError)

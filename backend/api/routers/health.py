@@ -9,6 +9,7 @@ from psycopg_pool import PoolTimeout
 
 from backend.api.deps import Pool
 from backend.api.schemas import Health, ok_response
+from backend.errors import DatabaseUnavailable
 from backend.queries import QUERIES
 
 router = APIRouter(tags=["health"])
@@ -41,7 +42,7 @@ async def health(pool: Pool, request: Request) -> JSONResponse:
             row = await cursor.fetchone()
     except (PoolTimeout, psycopg.OperationalError) as exc:
         body = Health(status="unavailable", database=f"unreachable: {type(exc).__name__}")
-        return JSONResponse(body.model_dump(), status_code=503)
+        return JSONResponse(body.model_dump(), status_code=503, headers=DatabaseUnavailable.headers)
     if row is None or not row["migrated"]:
         body = Health(status="unavailable", database="not migrated: run `taskhub migrate`")
         return JSONResponse(body.model_dump(), status_code=503)
