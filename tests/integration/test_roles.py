@@ -3,21 +3,28 @@ group role, can do its work and nothing more."""
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import httpx
 import psycopg
 import pytest
+from fastapi import FastAPI
 from psycopg import sql
 from psycopg.rows import dict_row
+from pydantic import SecretStr
 
 from backend import defer
 from backend.api import create_app
 from backend.control import jobs, queues
+from backend.dashboard import create_dashboard
+from backend.dashboard.settings import DashboardSettings
 from backend.db import DictConnection
+from backend.declare.apps import load_apps
 from backend.process import migrate
 from backend.queries import QUERIES
 from backend.settings import Settings, load_settings
@@ -25,7 +32,7 @@ from backend.tasks.backups import backup_database
 from backend.tasks.builtin import ping
 from backend.tasks.maintenance import prune_jobs, rescue_stalled_jobs
 from backend.tasks.stats import rollup_stats
-from tests.conftest import RUN_ID, TOKENS, eventually
+from tests.conftest import OPERATE_TOKEN, RUN_ID, TOKENS, eventually
 from tests.integration.conftest import running_api, running_worker
 
 GROUPS = ("taskhub_owner", "taskhub_api", "taskhub_worker", "taskhub_readonly")
@@ -166,6 +173,73 @@ async def test_a_real_api_serves_requests_as_the_api_role(
     cursor = await admin.execute("SELECT action FROM taskhub.audit_log ORDER BY id")
     actions = [row["action"] for row in await cursor.fetchall()]
     assert actions == ["cancel", "retry", "pause", "resume", "purge"]
+
+
+async def test_the_dashboard_reads_and_acts_as_the_api_role(
+    logins: dict[str, str], admin: DictConnection, tmp_path: Path
+) -> None:
+    """Every page and every action of the dashboard (served by the API, on its pool)."""
+    url = logins["taskhub_api"]
+    settings = load_settings(database_url=url, data_dir=tmp_path / ".taskhub", tokens=TOKENS)
+    waiting = await defer_ping(admin)
+    failed = await defer_ping(admin)
+    retrying = await defer_ping(admin)
+    purged = await defer_ping(admin, queue="emails")
+    async with admin.transaction():
+        await admin.execute("UPDATE procrastinate_jobs SET status = 'doing' WHERE id = %s",
+                            (failed,))  # fmt: skip
+        await admin.execute("SELECT procrastinate_finish_job_v1(%s, 'failed', false)", (failed,))
+        await admin.execute("UPDATE procrastinate_jobs SET attempts = 1 WHERE id = %s",
+                            (retrying,))  # fmt: skip
+    app = FastAPI()
+    dashboard = create_dashboard(
+        settings,
+        database_url=url,
+        apps=load_apps(settings, []),
+        dashboard_settings=DashboardSettings(secret=SecretStr("roles-dashboard-secret-" * 2)),
+    )
+    app.mount("/dashboard", dashboard)
+    try:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://taskhub"
+        ) as client:
+            login = await client.post("/dashboard/login", data={"token": OPERATE_TOKEN})
+            assert login.status_code == 303, login.text
+            pages = "/ /?range=week /queues /jobs /failed /workers /schedules /backups /tasks"
+            for path in [*pages.split(), "/alerts", "/audit", f"/jobs/{failed}"]:
+                page = await client.get(f"/dashboard{path}")
+                assert page.status_code == 200, (path, page.text[-500:])
+            found = re.search(r'name="csrf" value="([^"]+)"', page.text)
+            assert found
+            csrf = found.group(1)
+            for path, extra in (
+                (f"/jobs/{waiting}/cancel", {}),
+                (f"/jobs/{waiting}/retry", {}),
+                ("/failed/retry", {"job_id": str(failed)}),
+                ("/failed/cancel", {"job_id": str(retrying)}),
+                ("/queues/emails/pause", {}),
+                ("/queues/emails/resume", {}),
+                ("/queues/emails/purge", {}),
+                ("/schedules/taskhub.prune_jobs/run", {}),
+                ("/backups/run", {}),
+                ("/tasks/taskhub.ping/defer", {"args": "{}"}),
+            ):
+                answer = await client.post(f"/dashboard{path}", data={"csrf": csrf, **extra})
+                assert answer.status_code == 303, (path, answer.text[-500:])
+    finally:
+        await dashboard.state.resources.close()
+
+    assert await status_of(admin, waiting) == "todo"
+    assert await status_of(admin, failed) == "todo"
+    assert await status_of(admin, retrying) == "cancelled"
+    cursor = await admin.execute("SELECT count(*) AS n FROM procrastinate_jobs WHERE id = %s",
+                                 (purged,))  # fmt: skip
+    assert (await cursor.fetchone()) == {"n": 0}
+    cursor = await admin.execute("SELECT action FROM taskhub.audit_log ORDER BY id")
+    assert [row["action"] for row in await cursor.fetchall()] == [
+        "cancel", "retry", "retry", "cancel", "pause", "resume", "purge", "run_now", "run_now",
+        "defer",
+    ]  # fmt: skip
 
 
 async def test_a_real_worker_fetches_finishes_heartbeats_and_maintains_as_the_worker_role(
