@@ -100,6 +100,10 @@ class FinishBatcher:
         self._flushing: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
 
+    def reassign(self, worker_id: int) -> None:
+        """Fence the finishes from now on on ``worker_id``: the worker registered again."""
+        self._worker_id = worker_id
+
     def submit(self, entry: Entry) -> asyncio.Future[bool]:
         """Store one job's outcome with the next batch: the future says if it was stored
         (False: the job was fenced off)."""

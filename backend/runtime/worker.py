@@ -31,6 +31,7 @@ import traceback
 from collections.abc import Iterable
 from typing import Any, Literal
 
+import psycopg
 from procrastinate import JobContext, exceptions, jobs, periodic, retry, utils
 from procrastinate import middleware as procrastinate_middleware
 from procrastinate import tasks as procrastinate_tasks
@@ -61,6 +62,8 @@ TRACEBACK_LIMIT = 20_000  # characters kept per error
 FINISH_DELAY = 0.01  # seconds a finished job waits for others to share its finish statement
 #: Jobs held per slot, running or waiting for their finish to commit (_fetch_and_process_jobs).
 JOBS_HELD_PER_SLOT = 3
+#: Fetching under the id of a worker row pruned as dead breaks this foreign key.
+PRUNED_WORKER_CONSTRAINT = "procrastinate_jobs_worker_id_fkey"
 EARLY_ABORTS_KEPT = 60.0  # seconds an abort request for a job not (yet) running is remembered
 # procrastinate's routine per-job lines (loading, starting): DEBUG only. Each finished job gets
 # taskhub's own single line instead (_log_job_outcome).
@@ -537,9 +540,15 @@ class TaskhubWorker(Worker):
                 self._slot_freed.clear()
                 await wait_first(self._slot_freed, self._stop_event)
                 continue
-            fetched = await manager.fetch_jobs(
-                self._fetch_connection, queues=self.queues, worker_id=self.worker_id, count=free
-            )
+            try:
+                fetched = await manager.fetch_jobs(
+                    self._fetch_connection, queues=self.queues, worker_id=self.worker_id, count=free
+                )
+            except psycopg.errors.ForeignKeyViolation as exc:
+                if exc.diag.constraint_name != PRUNED_WORKER_CONSTRAINT:
+                    raise
+                await self._register_again()
+                continue
             self._jobs_taken += len(fetched)
             self._new_job_event.clear()
             if self._stop_event.is_set():
@@ -758,6 +767,23 @@ class TaskhubWorker(Worker):
             runtime.submitted = True
             self._still_running -= 1
             self._slot_freed.set()
+
+    async def _register_again(self) -> None:
+        """Register under a new id after the old row was pruned: a worker frozen or cut off
+        for longer than TASKHUB_RESCUE_AFTER is presumed dead, its row deleted by the next
+        worker to start and its jobs rescued. Fetching under the old id then broke the foreign
+        key and the worker exited. Outcomes of jobs taken under the old id stay fenced."""
+        assert self._finisher is not None
+        old = self.worker_id
+        self.worker_id = await self.app.job_manager.register_worker()
+        await registration.register(self.app, self.worker_id, self.queues, self.concurrency)
+        self._finisher.reassign(self.worker_id)
+        logger.warning(
+            "worker %s was presumed dead (no heartbeat for TASKHUB_RESCUE_AFTER) and its jobs "
+            "rescued: it goes on as worker %s",
+            old,
+            self.worker_id,
+        )
 
     async def _hand_back(self, fetched: list[jobs.Job]) -> None:
         """Jobs fetched as the worker stops never start: they wait for another worker."""

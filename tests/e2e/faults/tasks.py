@@ -30,12 +30,14 @@ async def hold(args: HoldArgs, ctx: TaskContext) -> int:
 
 class WhoArgs(BaseModel):
     sleep: float = 0
+    first_sleep: float | None = None  # the first attempt's sleep, if not ``sleep``
 
 
 @blueprint.task(name="faults.whoami", queue="faults")
 async def whoami(args: WhoArgs, ctx: TaskContext) -> dict[str, int]:
     """Says which process ran which attempt: two runs of one job tell themselves apart."""
-    await asyncio.sleep(args.sleep)
+    first = ctx.attempt == 1 and args.first_sleep is not None
+    await asyncio.sleep(args.first_sleep if first and args.first_sleep else args.sleep)
     return {"pid": os.getpid(), "attempt": ctx.attempt}
 
 
