@@ -15,8 +15,9 @@ PostgreSQL's time per no-op job.
 
 A statement that fails for a reason of its own (a result PostgreSQL refuses, say) is retried
 job by job, so one bad outcome does not roll back the others; the job it belongs to is then
-finished as failed with a ``ResultNotStored`` error. A lost connection is retried, batch and
-all, on a new one: the fence (``status = 'doing' AND worker_id = ...``) makes that safe.
+finished as failed with a ``ResultNotStored`` error. A lost connection (or a read-only server,
+a failover under way) is retried, batch and all, on a new one: the fence (``status = 'doing'
+AND worker_id = ...``) makes that safe.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from backend.runtime.connection import DedicatedConnection
+from backend.runtime.outages import is_transient
 
 logger = logging.getLogger(__name__)
 
@@ -173,7 +175,7 @@ class FinishBatcher:
             try:
                 return await self._statement(entries)
             except psycopg.Error as exc:
-                if not self._connection.is_broken():
+                if not self._connection.is_broken() and not is_transient(exc):
                     return await self._one_by_one(entries, exc)
                 if time.monotonic() + pause > deadline:
                     raise

@@ -11,6 +11,7 @@ for each one. ``defer_periodic_job`` goes through ``taskhub.defer_periodic_job``
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Iterable
@@ -24,6 +25,7 @@ from psycopg import sql
 
 from backend.queries import QUERIES
 from backend.runtime.connection import DedicatedConnection
+from backend.runtime.outages import FIRST_PAUSE, LAST_PAUSE
 
 logger = logging.getLogger(__name__)
 
@@ -43,10 +45,11 @@ class TaskhubJobManager(JobManager):
         """
         channels = list(get_channel_for_queues(queues=queues))
         listening = DedicatedConnection.like_pool_of(self.connector)
+        pause = FIRST_PAUSE
         try:
             while True:
-                conn = await listening.open()
                 try:
+                    conn = await listening.open()
                     for channel in channels:
                         await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
                     while True:
@@ -61,9 +64,14 @@ class TaskhubJobManager(JobManager):
                             # Hands the connection's lock back even when cancelled mid-way.
                             await notifies.aclose()
                         await conn.execute("SELECT 1")
+                        pause = FIRST_PAUSE
                 except psycopg.OperationalError as exc:
+                    # Jobs deferred meanwhile are found by the next poll
+                    # (TASKHUB_FETCH_POLLING_INTERVAL) until LISTEN is back.
                     logger.warning("the LISTEN connection broke (%s): listening again", exc)
                     await listening.close()
+                    await asyncio.sleep(pause)
+                    pause = min(pause * 2, LAST_PAUSE)
         finally:
             await listening.close()
 

@@ -52,6 +52,7 @@ from backend.runtime.finisher import (
 )
 from backend.runtime.isolation import ChildTaskError, TimeLimitExceeded
 from backend.runtime.manager import TaskhubJobManager
+from backend.runtime.outages import Outage, is_transient, keep_going
 from backend.runtime.periodic import ZonedDeferrer
 from backend.runtime.progress import Progress, ProgressReporter
 from backend.runtime.recycling import Recycling, ResidentMemory
@@ -446,11 +447,26 @@ class TaskhubWorker(Worker):
     async def _update_heartbeat(self) -> None:
         """procrastinate's heartbeat loop, on the worker's own connection (see
         ``registration.heartbeat``); each beat also writes the worker's row."""
+        outage = Outage("heartbeat")
         while True:
             await asyncio.sleep(self.update_heartbeat_interval)
             assert self.worker_id is not None
             assert self._heartbeat_connection is not None
-            await registration.heartbeat(self._heartbeat_connection, self.worker_id, self.jobs_done)
+            try:
+                await registration.heartbeat(
+                    self._heartbeat_connection, self.worker_id, self.jobs_done
+                )
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                outage.failed(exc)  # the next beat is the next try
+                await self._heartbeat_connection.close()
+            else:
+                outage.recovered()
+
+    async def _poll_jobs_to_abort(self) -> None:
+        """procrastinate's polling for abort requests, tried again after a database outage."""
+        await keep_going("abort polling", super()._poll_jobs_to_abort)
 
     async def _shutdown(self, side_tasks: list[asyncio.Task[Any]]) -> None:
         """procrastinate's graceful stop (it unregisters the worker), then the row says so."""
@@ -465,7 +481,7 @@ class TaskhubWorker(Worker):
         timezone = settings.tzinfo() if settings else datetime.UTC
         catch_up = settings.schedule_catch_up if settings else periodic.MAX_DELAY
         deferrer = ZonedDeferrer(self.app.periodic_registry, timezone=timezone, catch_up=catch_up)
-        await deferrer.worker()
+        await keep_going("periodic deferrer", deferrer.worker)
 
     async def _run_loop(self) -> None:
         """procrastinate's loop, with the worker's own fetch and finish connections around it."""
@@ -517,6 +533,7 @@ class TaskhubWorker(Worker):
         assert isinstance(manager, TaskhubJobManager)
         assert self.worker_id is not None
         assert self._fetch_connection is not None
+        fetch_outage = Outage("fetching jobs")
         while not self._stop_event.is_set():
             # A slot frees when its job's outcome is submitted: the next batch is fetched and
             # run while the last one's finish statement is in flight. The worker holds at most
@@ -549,6 +566,14 @@ class TaskhubWorker(Worker):
                     raise
                 await self._register_again()
                 continue
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                # The jobs held go on; new ones come when the database is back.
+                await self._fetch_connection.close()
+                await wait_first(self._stop_event, timeout=fetch_outage.failed(exc))
+                continue
+            fetch_outage.recovered()
             self._jobs_taken += len(fetched)
             self._new_job_event.clear()
             if self._stop_event.is_set():
