@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 import psycopg
@@ -18,7 +19,7 @@ import pytest
 from backend.defer import batch_defer_sync, defer_sync
 from backend.tasks.builtin import ping
 from tests.e2e.conftest import TaskhubProcess, clean_env
-from tests.e2e.faults import tasks
+from tests.e2e.faults import poison, tasks
 
 pytestmark = [pytest.mark.e2e, pytest.mark.fault]
 
@@ -93,8 +94,9 @@ def test_twenty_worker_processes_start_each_attempt_exactly_once(
     assert used == (PROCESSES,), "every process took jobs"
 
 
-STEADY = 300  # well-behaved jobs per measure
-STEADY_SLEEP = 0.2  # each one's wait: an I/O-bound queue, ~50 jobs/s at concurrency 10
+STEADY_RATE = 40  # steady jobs deferred per second: 80% of the worker's capacity
+STEADY = 320  # steady jobs per measure: 8 s of arrivals
+STEADY_SLEEP = 0.2  # each one's wait: an I/O-bound queue, 50 jobs/s at concurrency 10
 CONCURRENCY = 10
 
 
@@ -105,31 +107,36 @@ def job_status(conn: psycopg.Connection, job_id: int) -> str | None:
     return row[0] if row else None
 
 
-def steady_pace(url: str, poison: list[int] | None = None) -> float:
-    """Jobs per second of the steady queue, from deferring to the last success; with
-    ``poison``, one poison job runs at all times meanwhile: deferred ahead of the steady jobs
-    (a higher priority), again as soon as it has failed (their ids appended)."""
-    with psycopg.connect(url) as conn:
-        ids = batch_defer_sync(
-            conn, tasks.work, [{"n": n, "sleep": STEADY_SLEEP} for n in range(STEADY)]
-        )
-        conn.commit()
-    began = time.monotonic()
+def steady_pace(
+    url: str, poison_task: Any = None, poisoned: list[int] | None = None
+) -> tuple[float, float]:
+    """(jobs per second, p95 seconds from deferring to success) of the steady queue, its jobs
+    arriving at STEADY_RATE, from the first deferred to the last success. With
+    ``poison_task``, one poison job runs at all times meanwhile: deferred ahead of the steady
+    jobs (a higher priority), again as soon as it has failed (their ids appended)."""
     done = threading.Event()
 
     def poisoner() -> None:
-        assert poison is not None
+        assert poisoned is not None
         with psycopg.connect(url, autocommit=True) as conn:
             while not done.is_set():
-                poison.append(defer_sync(conn, tasks.gobble, {}, priority=10))
-                while not done.is_set() and job_status(conn, poison[-1]) != "failed":
+                poisoned.append(defer_sync(conn, poison_task, {}, priority=10))
+                while not done.is_set() and job_status(conn, poisoned[-1]) != "failed":
                     time.sleep(0.02)
 
     thread = threading.Thread(target=poisoner, daemon=True)
-    if poison is not None:
+    if poisoned is not None:
         thread.start()
+        time.sleep(0.5)  # the poison is running when the steady jobs arrive
+    ids: list[int] = []
+    began = time.monotonic()
     try:
         with psycopg.connect(url, autocommit=True) as conn:
+            step = STEADY_RATE // 10  # a batch every 0.1 s
+            for tick, start in enumerate(range(0, STEADY, step), 1):
+                batch = [{"n": n, "sleep": STEADY_SLEEP} for n in range(start, start + step)]
+                ids += batch_defer_sync(conn, tasks.work, batch)
+                time.sleep(max(began + tick / 10 - time.monotonic(), 0))
             while True:
                 row = conn.execute(
                     "SELECT count(*) FROM procrastinate_jobs"
@@ -140,29 +147,57 @@ def steady_pace(url: str, poison: list[int] | None = None) -> float:
                     break
                 assert time.monotonic() < began + 60, f"{row} of {STEADY} after 60 s"
                 time.sleep(0.05)
+            took = time.monotonic() - began
+            latency = conn.execute(
+                "SELECT percentile_cont(0.95) WITHIN GROUP (ORDER BY seconds) FROM ("
+                "  SELECT extract(epoch FROM max(at) FILTER (WHERE type = 'succeeded')"
+                "                          - min(at) FILTER (WHERE type = 'deferred')) AS seconds"
+                "    FROM procrastinate_events WHERE job_id = ANY(%s) GROUP BY job_id) per_job",
+                (ids,),
+            ).fetchone()
     finally:
         done.set()
-        if poison is not None:
+        if poisoned is not None:
             thread.join(timeout=5)
-    return STEADY / (time.monotonic() - began)
+    assert latency is not None
+    return STEADY / took, float(latency[0])
+
+
+POISONS = {
+    # the child's address space capped: its allocations fail
+    "MemoryError": tasks.gobble,
+    # the child killed outright, as by the kernel's OOM killer: it cannot say why
+    "ChildDied": poison.oom_killed,
+}
 
 
 @pytest.mark.timeout(180)
+@pytest.mark.parametrize("error", POISONS)
 def test_a_poison_job_fails_alone_and_the_other_queue_keeps_its_pace(
-    spawn: type[TaskhubProcess], tmp_path: Path, db_url: str
+    spawn: type[TaskhubProcess], tmp_path: Path, db_url: str, error: str
 ) -> None:
+    poison_task = POISONS[error]
     env = clean_env(DATABASE_URL=db_url)
-    args = ["--app", APP, "--queues", "poison,steady", "--concurrency", str(CONCURRENCY)]
+    args = [
+        "--app",
+        APP,
+        "--app",
+        poison.__name__,
+        "--queues",
+        "poison,steady",
+        "--concurrency",
+        str(CONCURRENCY),
+    ]
     worker = spawn(["worker", *args, "--processes", "1"], tmp_path, env)
     worker.wait_for_line("Stop with Ctrl-C.")
     before = steady_pace(db_url)
-    poison: list[int] = []
-    during = steady_pace(db_url, poison)
+    poisoned: list[int] = []
+    during = steady_pace(db_url, poison_task, poisoned)
     after = steady_pace(db_url)
     rss = psutil.Process(worker.process.pid).memory_info().rss / MB
     deadline = time.monotonic() + 60
-    while statuses(db_url, tasks.gobble.name).get("failed", 0) < len(poison):
-        assert time.monotonic() < deadline, f"{statuses(db_url, tasks.gobble.name)}"
+    while statuses(db_url, poison_task.name).get("failed", 0) < len(poisoned):
+        assert time.monotonic() < deadline, f"{statuses(db_url, poison_task.name)}"
         time.sleep(0.1)
     with psycopg.connect(db_url) as conn:
         outcomes = conn.execute(
@@ -171,19 +206,21 @@ def test_a_poison_job_fails_alone_and_the_other_queue_keeps_its_pace(
             "             WHERE job_id = job.id ORDER BY id) AS errors,"
             "       count(*)"
             "  FROM procrastinate_jobs job WHERE id = ANY(%s) GROUP BY 1, 2",
-            (poison,),
+            (poisoned,),
         ).fetchall()
         registered = conn.execute("SELECT count(*) FROM procrastinate_workers").fetchone()
     alive = worker.process.poll() is None
     assert worker.stop() == 0, worker.output[-5000:]
-    baseline = (before + after) / 2
+    baseline = (before[0] + after[0]) / 2
     print(
-        f"\nsteady queue ({STEADY} jobs of {STEADY_SLEEP} s, concurrency {CONCURRENCY}):"
-        f" {before:.1f} jobs/s before, {during:.1f} with {len(poison)} poison jobs"
-        f" ({during / baseline:.0%} of the mean), {after:.1f} after; worker RSS {rss:.0f} MB;"
-        f" poison (attempts, errors, jobs): {outcomes}"
+        f"\nsteady queue ({STEADY} jobs of {STEADY_SLEEP} s arriving at {STEADY_RATE}/s,"
+        f" concurrency {CONCURRENCY}): {before[0]:.1f} jobs/s (p95 {before[1]:.2f} s) before,"
+        f" {during[0]:.1f} (p95 {during[1]:.2f} s) with {len(poisoned)} poison jobs"
+        f" ({during[0] / baseline:.0%} of the mean), {after[0]:.1f} (p95 {after[1]:.2f} s)"
+        f" after; worker RSS {rss:.0f} MB; poison (attempts, errors, jobs): {outcomes}"
     )
     assert alive, "the worker outlived the poison"
     assert registered == (1,), "one worker throughout: no restart"
-    assert outcomes == [(3, ["MemoryError@1", "MemoryError@2", "MemoryError@3"], len(poison))]
-    assert during >= 0.9 * baseline, f"{during:.1f} jobs/s against {baseline:.1f}"
+    assert outcomes == [(3, [f"{error}@1", f"{error}@2", f"{error}@3"], len(poisoned))]
+    assert during[0] >= 0.9 * baseline, f"{during[0]:.1f} jobs/s against {baseline:.1f}"
+    assert during[1] < max(before[1], after[1]) + 0.5, "its jobs wait no longer for a slot"
