@@ -16,7 +16,8 @@ which asyncio's subprocess support gives without polling.
   rescued like any dead worker's. A child that exits to be recycled (after N jobs or above M MB,
   backend/runtime/recycling.py) has finished or handed back its jobs: it is replaced at once.
   A child that keeps dying right after its start (a bad setting, a schema behind the code)
-  makes the parent stop the others and fail with one line.
+  makes the parent stop the others and fail with one line; one killed by SIGKILL (the OOM
+  killer) is only restarted.
 - A child notices its parent's death (kill -9, OOM) through ``PR_SET_PDEATHSIG`` on Linux, or
   by polling its parent pid elsewhere, and stops as on SIGTERM: no orphaned workers.
 """
@@ -241,7 +242,10 @@ class WorkerSupervisor:
                 )
                 fast_exits = 0
                 continue
-            fast_exits = fast_exits + 1 if lived < FAST_EXIT_SECONDS else 0
+            # SIGKILL comes from outside (the OOM killer, an operator), not from a bad start: a
+            # poison job that got three processes killed within seconds stopped every worker.
+            killed = code == -signal.SIGKILL
+            fast_exits = fast_exits + 1 if lived < FAST_EXIT_SECONDS and not killed else 0
             if fast_exits >= GIVE_UP_AFTER:
                 raise WorkerProcessesFailing(
                     f"worker process {index} exited right after its start {fast_exits} times "

@@ -242,9 +242,15 @@ SELECT id, taskhub.wake_workers(id, queue_name) AS woken FROM requeued;
 -- rescue_stalled_jobs --
 -- Jobs running on a worker that stopped heart-beating (or whose worker row is gone) wait
 -- again, due now, the lost attempt counted and recorded as a WorkerLost error; the workers
--- are woken. SKIP LOCKED: a job its worker is finishing right now is left to it.
+-- are woken. SKIP LOCKED: a job its worker is finishing right now is left to it. A job lost
+-- with its worker %(lost_limit)s times is a poison job (it takes down every worker that runs
+-- it: out of memory, a crash in native code): it fails instead of taking the next one down,
+-- with its on_failure hook when its task is one of %(hooked_tasks)s, as a final failure.
 WITH stalled AS (
-    SELECT job.id, job.queue_name, job.attempts, job.worker_id
+    SELECT job.id, job.queue_name, job.task_name, job.priority, job.attempts, job.worker_id,
+           (SELECT count(*) FROM taskhub.job_errors lost
+             WHERE lost.job_id = job.id AND lost.type = 'WorkerLost') + 1
+               >= %(lost_limit)s AS poison
       FROM procrastinate_jobs job
       LEFT JOIN procrastinate_workers worker ON worker.id = job.worker_id
      WHERE job.status = 'doing'
@@ -255,12 +261,32 @@ WITH stalled AS (
     INSERT INTO taskhub.job_errors (job_id, attempt, type, message)
     SELECT id, attempts + 1, 'WorkerLost',
            'worker ' || coalesce(worker_id::text, '(gone)') || ' stopped heart-beating'
+           || CASE WHEN poison
+                   THEN '; lost with its worker ' || %(lost_limit)s::text
+                        || ' times, the job is not run again'
+                   ELSE '' END
       FROM stalled
 ), progress AS (
     DELETE FROM taskhub.job_progress WHERE job_id IN (SELECT id FROM stalled)
+), hook AS (
+    SELECT stalled.id AS failed_job_id,
+           procrastinate_defer_jobs_v1(ARRAY[ROW(
+               stalled.queue_name, 'taskhub.on_failure', stalled.priority, NULL, NULL,
+               jsonb_build_object('job_id', stalled.id), NULL
+           )::procrastinate_job_to_defer_v1])::bigint[] AS hook_ids
+      FROM stalled
+     WHERE stalled.poison AND stalled.task_name = ANY(%(hooked_tasks)s::text[])
+), final_failure AS (
+    INSERT INTO taskhub.audit_log (actor, action, job_id, details)
+    SELECT 'rescue', 'final_failure', stalled.id,
+           jsonb_build_object('error', 'WorkerLost', 'hook_job_id', hook.hook_ids[1])
+      FROM stalled LEFT JOIN hook ON hook.failed_job_id = stalled.id
+     WHERE stalled.poison
 )
-SELECT id,
-       procrastinate_retry_job_v2(id, now(), NULL, NULL, NULL) AS retried,
+SELECT id, poison,
+       CASE WHEN poison THEN procrastinate_finish_job_v1(id, 'failed', false)
+            ELSE procrastinate_retry_job_v2(id, now(), NULL, NULL, NULL)
+       END AS done,
        taskhub.wake_workers(id, queue_name) AS woken
   FROM stalled;
 

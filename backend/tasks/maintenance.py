@@ -12,6 +12,7 @@ from pydantic import BaseModel, computed_field
 
 from backend.declare.registry import PeriodicArgs, TaskBlueprint
 from backend.queries import QUERIES
+from backend.runtime.app import definition_of
 from backend.runtime.context import TaskContext
 
 blueprint = TaskBlueprint()
@@ -167,6 +168,12 @@ async def _delete_in_batches(ctx: TaskContext, query: str, batch: int) -> int:
 
 class RescueReport(BaseModel):
     rescued: list[int]
+    failed: list[int] = []  # poison jobs: lost with their worker LOST_LIMIT times
+
+
+#: A job lost with its worker this many times fails rather than being rescued again: it is
+#: what kills them (Sidekiq's super_fetch calls it a poison pill, and stops at 3 too).
+LOST_LIMIT = 3
 
 
 @blueprint.task(
@@ -178,10 +185,30 @@ class RescueReport(BaseModel):
 async def rescue_stalled_jobs(args: PeriodicArgs, ctx: TaskContext) -> RescueReport:
     """Put back in the queue the jobs of workers silent for TASKHUB_RESCUE_AFTER seconds
     (killed, frozen, cut off), counting the lost attempt. A rescued worker that comes back
-    cannot finish or overwrite those jobs: its finish is fenced on the worker id."""
+    cannot finish or overwrite those jobs: its finish is fenced on the worker id. A job lost
+    LOST_LIMIT times fails: rescued again, it would kill worker after worker."""
+    hooked = [
+        name
+        for name in ctx.app.tasks
+        if (definition := definition_of(ctx.app, name)) and definition.on_failure
+    ]
+    params = {
+        "seconds": ctx.settings.rescue_after,
+        "lost_limit": LOST_LIMIT,
+        "hooked_tasks": hooked,
+    }
     async with ctx.connection() as conn:
-        cursor = await conn.execute(
-            QUERIES["rescue_stalled_jobs"], {"seconds": ctx.settings.rescue_after}
-        )
+        cursor = await conn.execute(QUERIES["rescue_stalled_jobs"], params)
         rows = await cursor.fetchall()
-    return RescueReport(rescued=[int(row["id"]) for row in rows])
+    failed = [int(row["id"]) for row in rows if row["poison"]]
+    for job_id in failed:
+        logger.error(
+            "job %s failed: its worker was lost %d times while running it (killed, out of "
+            "memory?); a poison job is not run again",
+            job_id,
+            LOST_LIMIT,
+            extra={"action": "poison_job", "job_id": job_id},
+        )
+    return RescueReport(
+        rescued=[int(row["id"]) for row in rows if not row["poison"]], failed=failed
+    )

@@ -222,7 +222,9 @@ async def test_rescues_and_rate_limits_are_counted(
     await conn.execute(
         "UPDATE procrastinate_jobs SET status = 'doing', worker_id = NULL WHERE id = %s", (lost,)
     )
-    cursor = await conn.execute(QUERIES["rescue_stalled_jobs"], {"seconds": 60})
+    cursor = await conn.execute(
+        QUERIES["rescue_stalled_jobs"], {"seconds": 60, "lost_limit": 3, "hooked_tasks": []}
+    )
     assert [row["id"] for row in await cursor.fetchall()] == [lost]
     limited_ids = [await defer.defer(conn, limited_task, {}) for _ in range(5)]
     quick = settings.model_copy(update={"fetch_polling_interval": 0.1})

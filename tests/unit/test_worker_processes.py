@@ -244,6 +244,28 @@ async def test_children_dying_at_start_make_it_give_up(monkeypatch: pytest.Monke
     assert workers.pids == {}
 
 
+async def test_children_killed_at_start_are_restarted_without_giving_up(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """SIGKILL is the OOM killer's (a poison job's memory), not a bad start: no give-up."""
+    monkeypatch.setattr(supervisor, "RESTART_DELAY", 0.01)
+    killed = [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"]
+    workers = WorkerSupervisor(load_settings(), URL, 1, command=killed)
+    started: set[int] = set()
+
+    def six_starts() -> bool:
+        started.update(workers.pids.values())
+        return len(started) >= 6
+
+    running = asyncio.create_task(workers.run())
+    try:
+        await wait_for(six_starts, "six starts")
+        assert not running.done(), "it did not give up"
+    finally:
+        workers.stop()
+        await asyncio.wait_for(running, 10)
+
+
 async def test_a_stop_during_the_backoff_restarts_nothing(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

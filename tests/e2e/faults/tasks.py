@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import resource
+import signal
 
 from pydantic import BaseModel
 
@@ -70,6 +71,20 @@ def gobble(args: GobbleArgs) -> int:
     held = []
     while True:
         held.append(b"\x01" * (args.chunk_mb * MB))
+
+
+class OomArgs(BaseModel):
+    mb: int = 200
+
+
+@blueprint.task(name="faults.oom", queue="oom")
+def oom(args: OomArgs) -> None:
+    """A poison job that takes its worker down: it fills the worker's own memory (sync with no
+    time limit, so in the worker's thread pool) and the worker is killed, as the kernel's OOM
+    killer kills a process at a container's memory limit (SIGKILL stands in for it here)."""
+    held = b"\x01" * (args.mb * MB)
+    os.kill(os.getpid(), signal.SIGKILL)
+    del held
 
 
 app = TaskhubApp(name="faults", blueprints=[blueprint])

@@ -150,3 +150,45 @@ def test_a_rescuer_killed_mid_rescue_is_followed_by_the_next_cycle(
     assert left == (0,), "no job left doing"
     # The successor starts (~3 s here), the next tick comes within CYCLE s, then one job runs.
     assert recovered < RESCUE_AFTER + CYCLE + 15
+
+
+def test_a_job_that_kills_its_worker_fails_after_three_losses_without_a_crash_loop(
+    spawn: type[TaskhubProcess], tmp_path: Path, db_url: str
+) -> None:
+    env = clean_env(DATABASE_URL=db_url, TASKHUB_SCHEDULES=f"{RESCUE}=* * * * * */{CYCLE}", **FAST)
+    with psycopg.connect(db_url) as conn:
+        steady = deferring.batch_defer_sync(conn, tasks.work, [{"n": n} for n in range(300)])
+        conn.commit()
+    poison = defer(db_url, tasks.oom, {})
+    began = time.monotonic()
+    workers = spawn(
+        [
+            "worker",
+            "--app",
+            APP,
+            "--queues",
+            "oom,steady,maintenance",
+            "--processes",
+            "2",
+            "--concurrency",
+            "5",
+        ],
+        tmp_path,
+        env,
+    )
+    deadline = began + 90
+    while (row := job_row(db_url, poison))["status"] != "failed":
+        crashes = workers.output.count("exited unexpectedly")
+        assert time.monotonic() < deadline, f"{row}, {crashes} worker crashes:\n{workers.output}"
+        time.sleep(0.2)
+    took = time.monotonic() - began
+    crashes = workers.output.count("exited unexpectedly")
+    time.sleep(3 * CYCLE)  # no more crashes: the poison runs no more
+    for job_id in steady:
+        wait_status(db_url, job_id, "succeeded", timeout=30)
+    later = workers.output.count("exited unexpectedly")
+    assert workers.stop() == 0, workers.output
+    print(f"\npoison job failed after {took:.1f} s, {crashes} worker crashes: {row}")
+    assert row["errors"] == ["WorkerLost@1", "WorkerLost@2", "WorkerLost@3"]
+    assert row["attempts"] == 3
+    assert (crashes, later) == (3, 3), workers.output
