@@ -46,12 +46,20 @@ class TaskhubJobManager(JobManager):
         channels = list(get_channel_for_queues(queues=queues))
         listening = DedicatedConnection.like_pool_of(self.connector)
         pause = FIRST_PAUSE
+        broke = False
         try:
             while True:
                 try:
                     conn = await listening.open()
                     for channel in channels:
                         await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+                    if broke:
+                        # Jobs deferred while nobody listened sent their NOTIFY to no one:
+                        # fetch now rather than at the next poll.
+                        await on_notification(
+                            channel=channels[0], notification={"type": "job_inserted"}
+                        )
+                        broke = False
                     while True:
                         notifies = conn.notifies(timeout=LISTEN_TIMEOUT)
                         try:
@@ -66,10 +74,11 @@ class TaskhubJobManager(JobManager):
                         await conn.execute("SELECT 1")
                         pause = FIRST_PAUSE
                 except psycopg.OperationalError as exc:
-                    # Jobs deferred meanwhile are found by the next poll
-                    # (TASKHUB_FETCH_POLLING_INTERVAL) until LISTEN is back.
+                    # Jobs deferred meanwhile are fetched when LISTEN is back, or at the
+                    # next poll (TASKHUB_FETCH_POLLING_INTERVAL) if that comes first.
                     logger.warning("the LISTEN connection broke (%s): listening again", exc)
                     await listening.close()
+                    broke = True
                     await asyncio.sleep(pause)
                     pause = min(pause * 2, LAST_PAUSE)
         finally:
