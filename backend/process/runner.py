@@ -11,8 +11,10 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import signal
 import socket
+import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -147,6 +149,35 @@ def tune_garbage_collector() -> None:
     gc.set_threshold(GC_YOUNG_THRESHOLD, middle, oldest)
 
 
+#: Seconds past the grace period a stopping worker process may take before it exits anyway.
+STOP_MARGIN = 5.0
+
+
+def stop_watchdog(seconds: float) -> threading.Timer:
+    """Exit the process if the graceful stop has not ended within ``seconds``.
+
+    A statement on a database that stopped answering (a cut network path, no reset) waits
+    forever on a pooled connection, and a worker's last writes (unregistering, requeueing)
+    would hold its stop up for ever: a SIGTERM must end the process all the same. The jobs it
+    still held are rescued after TASKHUB_RESCUE_AFTER, as a crash's would be.
+    """
+
+    def give_up() -> None:
+        logger.error(
+            "the worker did not stop within %.0f s (is the database reachable?): exiting now;"
+            " the jobs it held are rescued after TASKHUB_RESCUE_AFTER",
+            seconds,
+        )
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        os._exit(1)
+
+    timer = threading.Timer(seconds, give_up)
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
 async def run_services(
     settings: Settings,
     url: str,
@@ -227,13 +258,17 @@ async def run_services(
         logger.info("stopping %s", ", ".join(services) or "nothing")
         if server is not None:
             server.should_exit = True
+        watchdog = None
         if "worker" in services:
             services["worker"].cancel()
+            watchdog = stop_watchdog(settings.shutdown_grace_period + STOP_MARGIN)
         if supervisor is not None:
             supervisor.stop(received[0] if received else signal.SIGTERM)
         try:
             results = await asyncio.gather(*services.values(), return_exceptions=True)
         finally:
+            if watchdog is not None:
+                watchdog.cancel()
             if supervisor is not None or supervised:
                 for sig in (signal.SIGINT, signal.SIGTERM):
                     loop.remove_signal_handler(sig)

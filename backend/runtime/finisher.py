@@ -101,10 +101,17 @@ class FinishBatcher:
         self._pending: list[_Pending] = []
         self._flushing: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._retry_until: float | None = None  # set when the worker stops (give_up_after)
 
     def reassign(self, worker_id: int) -> None:
         """Fence the finishes from now on on ``worker_id``: the worker registered again."""
         self._worker_id = worker_id
+
+    def give_up_after(self, seconds: float) -> None:
+        """The worker is stopping: an unreachable database is retried ``seconds`` more at
+        most (the grace period), so that the stop is not held up by it. Outcomes not stored
+        leave their jobs ``doing``, for the rescue."""
+        self._retry_until = time.monotonic() + seconds
 
     def submit(self, entry: Entry) -> asyncio.Future[bool]:
         """Store one job's outcome with the next batch: the future says if it was stored
@@ -177,7 +184,7 @@ class FinishBatcher:
             except psycopg.Error as exc:
                 if not self._connection.is_broken() and not is_transient(exc):
                     return await self._one_by_one(entries, exc)
-                if time.monotonic() + pause > deadline:
+                if time.monotonic() + pause > min(deadline, self._retry_until or deadline):
                     raise
                 logger.warning("finishing %d jobs: %s; retrying in %.2fs", len(entries), exc, pause)
                 await asyncio.sleep(pause)

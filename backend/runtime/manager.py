@@ -51,8 +51,10 @@ class TaskhubJobManager(JobManager):
             while True:
                 try:
                     conn = await listening.open()
-                    for channel in channels:
-                        await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+                    async with listening.answered(conn):
+                        for channel in channels:
+                            listen = sql.SQL("LISTEN {}").format(sql.Identifier(channel))
+                            await conn.execute(listen)
                     if broke:
                         # Jobs deferred while nobody listened sent their NOTIFY to no one:
                         # fetch now rather than at the next poll.
@@ -71,7 +73,8 @@ class TaskhubJobManager(JobManager):
                         finally:
                             # Hands the connection's lock back even when cancelled mid-way.
                             await notifies.aclose()
-                        await conn.execute("SELECT 1")
+                        async with listening.answered(conn):
+                            await conn.execute("SELECT 1")
                         pause = FIRST_PAUSE
                 except psycopg.OperationalError as exc:
                     # Jobs deferred meanwhile are fetched when LISTEN is back, or at the

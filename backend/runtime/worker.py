@@ -362,6 +362,8 @@ class TaskhubWorker(Worker):
 
     def stop(self) -> None:
         super().stop()  # type: ignore[no-untyped-call]
+        if self._finisher is not None and self.shutdown_graceful_timeout is not None:
+            self._finisher.give_up_after(self.shutdown_graceful_timeout)
 
     def stopping(self) -> bool:
         return self._stop_event.is_set()
@@ -494,14 +496,21 @@ class TaskhubWorker(Worker):
         # statistics (a table that was empty at the last ANALYZE, then got 20,000 jobs in one
         # commit), PostgreSQL chose to scan and sort every queued job instead: 10 ms per
         # fetch, not 2. Nothing else runs on this connection.
+        # A statement unanswered for a quarter of TASKHUB_RESCUE_AFTER breaks its connection
+        # (a cut network path): the worker says so and tries again well before its jobs
+        # would be rescued.
+        answer_within = max(1.0, self.stalled_worker_timeout / 4)
         self._fetch_connection = DedicatedConnection.like_pool_of(
             connector,
             settings={"synchronous_commit": "off", "enable_seqscan": "off", "enable_sort": "off"},
+            timeout=answer_within,
         )
         finish_connection = DedicatedConnection.like_pool_of(
-            connector, settings=FINISH_CONNECTION_SETTINGS
+            connector, settings=FINISH_CONNECTION_SETTINGS, timeout=answer_within
         )
-        self._heartbeat_connection = DedicatedConnection.like_pool_of(connector)
+        self._heartbeat_connection = DedicatedConnection.like_pool_of(
+            connector, timeout=answer_within
+        )
         self._finisher = FinishBatcher(
             finish_connection,
             QUERIES["finish_jobs"],
