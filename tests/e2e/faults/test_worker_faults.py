@@ -28,6 +28,12 @@ MB = 1024 * 1024
 TALLY = worker_tasks.tally.name
 MANY_JOBS = 50_000
 FLAKY_EVERY = 10  # one job in ten fails its first attempt and is retried
+KILLED = 5
+RESCUE_EVERY_SECOND = {
+    "TASKHUB_HEARTBEAT_INTERVAL": "0.5",
+    "TASKHUB_RESCUE_AFTER": "2",
+    "TASKHUB_SCHEDULES": "taskhub.rescue_stalled_jobs=* * * * * *",
+}
 
 
 def statuses(url: str, task_name: str) -> dict[str, int]:
@@ -49,12 +55,15 @@ def clients(url: str) -> int:
 
 
 @pytest.mark.timeout(240)
+@pytest.mark.parametrize("killed", [0, KILLED], ids=["steady", "five-killed"])
 def test_twenty_worker_processes_start_each_attempt_exactly_once(
-    spawn: type[TaskhubProcess], tmp_path: Path, pg_server: ThrowawayServer
+    spawn: type[TaskhubProcess], tmp_path: Path, pg_server: ThrowawayServer, killed: int
 ) -> None:
     """On a server of its own: twenty processes' connections (~5 each) would crowd the
-    shared one's 100."""
+    shared one's 100. With ``killed``, that many processes get SIGKILL a third of the way:
+    the supervisor restarts them and a rescue every second gives their jobs to others."""
     db_url = pg_server.url
+    deferring = time.monotonic()
     with psycopg.connect(db_url) as conn:
         for start in range(0, MANY_JOBS, 5_000):
             stop = min(start + 5_000, MANY_JOBS)
@@ -62,18 +71,25 @@ def test_twenty_worker_processes_start_each_attempt_exactly_once(
             batch_defer_sync(conn, worker_tasks.tally, batch)
             conn.commit()
         conn.execute("ANALYZE procrastinate_jobs")
-    env = clean_env(DATABASE_URL=db_url)
+    env = clean_env(DATABASE_URL=db_url, **(RESCUE_EVERY_SECOND if killed else {}))
+    queues = "tally,maintenance" if killed else "tally"
     began = time.monotonic()
-    args = ["--app", worker_tasks.__name__, "--queues", "tally", "--processes", str(PROCESSES)]
+    args = ["--app", worker_tasks.__name__, "--queues", queues, "--processes", str(PROCESSES)]
     workers = spawn(["worker", *args], tmp_path, env)
     deadline = began + 180
     connections = 0
-    while statuses(db_url, TALLY).get("succeeded", 0) < MANY_JOBS:
+    victims: list[int] = []
+    while (succeeded := statuses(db_url, TALLY).get("succeeded", 0)) < MANY_JOBS:
         connections = max(connections, clients(db_url))
+        if killed and not victims and succeeded > MANY_JOBS // 3:
+            for child in psutil.Process(workers.process.pid).children()[:killed]:
+                child.kill()
+                victims.append(child.pid)
         assert workers.process.poll() is None, workers.output
         assert time.monotonic() < deadline, f"{statuses(db_url, TALLY)}\n{workers.output}"
         time.sleep(0.5)
     took = time.monotonic() - began
+    checking = time.monotonic()
     with psycopg.connect(db_url) as conn:
         # A finished job keeps its worker's id until that worker unregisters.
         used = conn.execute(
@@ -99,26 +115,53 @@ def test_twenty_worker_processes_start_each_attempt_exactly_once(
             " WHERE job.task_name = %s",
             (TALLY,),
         ).fetchone()
+        unsound = conn.execute(
+            "SELECT count(*) FROM procrastinate_jobs job"
+            "  LEFT JOIN (SELECT job_id,"
+            "                    count(*) FILTER (WHERE type = 'started') AS started,"
+            "                    count(*) FILTER (WHERE type = 'succeeded') AS succeeded"
+            "               FROM procrastinate_events GROUP BY job_id) event"
+            "         ON event.job_id = job.id"
+            "  LEFT JOIN (SELECT job_id, count(*) AS errors FROM taskhub.job_errors"
+            "              GROUP BY job_id) error ON error.job_id = job.id"
+            " WHERE job.task_name = %s"
+            "   AND (event.started IS DISTINCT FROM job.attempts"
+            "        OR event.succeeded IS DISTINCT FROM 1"
+            "        OR coalesce(error.errors, 0) <> job.attempts - 1)",
+            (TALLY,),
+        ).fetchone()
         errors = conn.execute(
-            "SELECT error.type || '@' || error.attempt, count(*) FROM taskhub.job_errors error"
+            "SELECT error.type, count(*) FROM taskhub.job_errors error"
             "  JOIN procrastinate_jobs job ON job.id = error.job_id"
-            " WHERE job.task_name = %s GROUP BY 1",
+            " WHERE job.task_name = %s GROUP BY 1 ORDER BY 1",
             (TALLY,),
         ).fetchall()
+    checked = time.monotonic() - checking
     assert workers.stop() == 0, workers.output[-5000:]
     print(
-        f"\n{MANY_JOBS} jobs on {PROCESSES} worker processes: {took:.1f} s from the start"
+        f"\ndeferred in {began - deferring:.1f} s, checked in {checked:.1f} s;"
+        f" {MANY_JOBS} jobs on {PROCESSES} worker processes: {took:.1f} s from the start"
         f" ({MANY_JOBS / took:.0f} jobs/s), {used[0] if used else 0} processes took jobs,"
-        f" at most {connections} connections;"
-        f" (started, succeeded, attempts, jobs): {per_job}"
+        f" at most {connections} connections; {len(victims)} killed;"
+        f" (started, succeeded, attempts, jobs): {per_job}; errors {errors}"
     )
     assert statuses(db_url, TALLY) == {"succeeded": MANY_JOBS}, "none lost"
-    flaky = MANY_JOBS // FLAKY_EVERY
-    # One 'started' event per attempt, one success per job: retried jobs twice, the rest once.
-    assert per_job == [(1, 1, 1, MANY_JOBS - flaky), (2, 1, 2, flaky)]
-    assert errors == [("FirstAttemptFailed@1", flaky)], "each planned failure recorded once"
+    assert unsound == (0,), "per job: a start per attempt, one success, an error per retry"
     assert results == (MANY_JOBS,), "every job stored its own result"
-    assert used == (PROCESSES,), "every process took jobs"
+    flaky = MANY_JOBS // FLAKY_EVERY
+    if not killed:
+        # Retried jobs twice, the rest once.
+        assert per_job == [(1, 1, 1, MANY_JOBS - flaky), (2, 1, 2, flaky)]
+        assert errors == [("FirstAttemptFailed", flaky)], "each planned failure recorded once"
+        assert used == (PROCESSES,), "every process took jobs"
+    else:
+        assert len(victims) == killed
+        by_type = {str(kind): int(count) for kind, count in errors}
+        lost = by_type.get("WorkerLost", 0)
+        assert set(by_type) == {"FirstAttemptFailed", "WorkerLost"}
+        # A flaky job whose first attempt was lost to a kill succeeds on its second.
+        assert flaky - lost <= by_type["FirstAttemptFailed"] <= flaky
+        assert lost > 0, "the killed processes had jobs in flight"
 
 
 STEADY_RATE = 40  # steady jobs deferred per second: 80% of the worker's capacity
