@@ -79,6 +79,18 @@ def install_error_handlers(app: FastAPI) -> None:
             headers=DatabaseUnavailable.headers,
         )
 
+    @app.exception_handler(psycopg.errors.ReadOnlySqlTransaction)
+    async def read_only(
+        request: Request, exc: psycopg.errors.ReadOnlySqlTransaction
+    ) -> JSONResponse:
+        # A failover in progress: the address still leads to a standby (or a server set
+        # read-only). Reads go on; a write can be sent again once a primary answers.
+        return JSONResponse(
+            {"detail": "the database is read-only for now (a failover?); try again shortly"},
+            status_code=503,
+            headers=DatabaseUnavailable.headers,
+        )
+
     @app.exception_handler(TaskhubError)
     async def taskhub_error(request: Request, exc: TaskhubError) -> JSONResponse:
         if isinstance(exc, InvalidJobArguments):
