@@ -1,6 +1,7 @@
 """Many workers and a poison job (issue 20, faults 6 and 10): twenty worker processes start
-each attempt exactly once and lose nothing; a job that eats all its memory fails after its
-attempts without taking its worker down, and another queue keeps its pace.
+each attempt exactly once and lose nothing, five of them killed or not; a job that eats all
+its memory (or is killed as by the OOM killer) fails after its attempts without taking its
+worker down, and another queue on that worker keeps its pace.
 
 Faults 5, 7 and 8 are in test_pool_starvation.py and test_workers_faults.py."""
 
