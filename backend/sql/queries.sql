@@ -242,12 +242,17 @@ SELECT id, taskhub.wake_workers(id, queue_name) AS woken FROM requeued;
 -- rescue_stalled_jobs --
 -- Jobs running on a worker that stopped heart-beating (or whose worker row is gone) wait
 -- again, due now, the lost attempt counted and recorded as a WorkerLost error; the workers
--- are woken. SKIP LOCKED: a job its worker is finishing right now is left to it. A job lost
--- with its worker %(lost_limit)s times is a poison job (it takes down every worker that runs
--- it: out of memory, a crash in native code): it fails instead of taking the next one down,
--- with its on_failure hook when its task is one of %(hooked_tasks)s, as a final failure.
-WITH stalled AS (
+-- are woken. SKIP LOCKED: a job its worker is finishing right now is left to it. Two kinds end
+-- instead, failed, as a final failure (with its on_failure hook when its task is one of
+-- %(hooked_tasks)s):
+-- - poison: lost with its worker %(lost_limit)s times, it takes down every worker that runs it
+--   (out of memory, a crash in native code);
+-- - superseded: another job with its queueing lock waits already (the next tick of a periodic
+--   task), or a newer one is rescued with it. Put back to wait, it broke the queueing lock's
+--   unique index and the whole rescue failed, every time, for every stalled job.
+WITH locked AS (
     SELECT job.id, job.queue_name, job.task_name, job.priority, job.attempts, job.worker_id,
+           job.queueing_lock,
            (SELECT count(*) FROM taskhub.job_errors lost
              WHERE lost.job_id = job.id AND lost.type = 'WorkerLost') + 1
                >= %(lost_limit)s AS poison
@@ -257,6 +262,14 @@ WITH stalled AS (
        AND (worker.id IS NULL
             OR worker.last_heartbeat < now() - make_interval(secs => %(seconds)s))
        FOR UPDATE OF job SKIP LOCKED
+), stalled AS (
+    SELECT locked.*,
+           locked.queueing_lock IS NOT NULL
+           AND (row_number() OVER (PARTITION BY locked.queueing_lock ORDER BY locked.id DESC) > 1
+                OR EXISTS (SELECT FROM procrastinate_jobs waiting
+                            WHERE waiting.queueing_lock = locked.queueing_lock
+                              AND waiting.status = 'todo')) AS superseded
+      FROM locked
 ), error AS (
     INSERT INTO taskhub.job_errors (job_id, attempt, type, message)
     SELECT id, attempts + 1, 'WorkerLost',
@@ -264,6 +277,8 @@ WITH stalled AS (
            || CASE WHEN poison
                    THEN '; lost with its worker ' || %(lost_limit)s::text
                         || ' times, the job is not run again'
+                   WHEN superseded
+                   THEN '; a job with its queueing lock waits already, this one is not run again'
                    ELSE '' END
       FROM stalled
 ), progress AS (
@@ -275,16 +290,17 @@ WITH stalled AS (
                jsonb_build_object('job_id', stalled.id), NULL
            )::procrastinate_job_to_defer_v1])::bigint[] AS hook_ids
       FROM stalled
-     WHERE stalled.poison AND stalled.task_name = ANY(%(hooked_tasks)s::text[])
+     WHERE (stalled.poison OR stalled.superseded)
+       AND stalled.task_name = ANY(%(hooked_tasks)s::text[])
 ), final_failure AS (
     INSERT INTO taskhub.audit_log (actor, action, job_id, details)
     SELECT 'rescue', 'final_failure', stalled.id,
            jsonb_build_object('error', 'WorkerLost', 'hook_job_id', hook.hook_ids[1])
       FROM stalled LEFT JOIN hook ON hook.failed_job_id = stalled.id
-     WHERE stalled.poison
+     WHERE stalled.poison OR stalled.superseded
 )
-SELECT id, poison,
-       CASE WHEN poison THEN procrastinate_finish_job_v1(id, 'failed', false)
+SELECT id, poison, superseded AND NOT poison AS superseded,
+       CASE WHEN poison OR superseded THEN procrastinate_finish_job_v1(id, 'failed', false)
             ELSE procrastinate_retry_job_v2(id, now(), NULL, NULL, NULL)
        END AS done,
        taskhub.wake_workers(id, queue_name) AS woken

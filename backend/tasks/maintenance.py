@@ -169,6 +169,7 @@ async def _delete_in_batches(ctx: TaskContext, query: str, batch: int) -> int:
 class RescueReport(BaseModel):
     rescued: list[int]
     failed: list[int] = []  # poison jobs: lost with their worker LOST_LIMIT times
+    superseded: list[int] = []  # failed too: a job with their queueing lock waits already
 
 
 #: A job lost with its worker this many times fails rather than being rescued again: it is
@@ -186,7 +187,8 @@ async def rescue_stalled_jobs(args: PeriodicArgs, ctx: TaskContext) -> RescueRep
     """Put back in the queue the jobs of workers silent for TASKHUB_RESCUE_AFTER seconds
     (killed, frozen, cut off), counting the lost attempt. A rescued worker that comes back
     cannot finish or overwrite those jobs: its finish is fenced on the worker id. A job lost
-    LOST_LIMIT times fails: rescued again, it would kill worker after worker."""
+    LOST_LIMIT times fails: rescued again, it would kill worker after worker. So does one
+    whose queueing lock another waiting job holds (the next tick of its schedule)."""
     hooked = [
         name
         for name in ctx.app.tasks
@@ -209,6 +211,16 @@ async def rescue_stalled_jobs(args: PeriodicArgs, ctx: TaskContext) -> RescueRep
             LOST_LIMIT,
             extra={"action": "poison_job", "job_id": job_id},
         )
+    superseded = [int(row["id"]) for row in rows if row["superseded"]]
+    if superseded:
+        logger.warning(
+            "jobs %s failed with their lost worker: a job with the same queueing lock waits "
+            "already, and runs instead",
+            superseded,
+            extra={"action": "superseded_jobs", "job_ids": superseded},
+        )
     return RescueReport(
-        rescued=[int(row["id"]) for row in rows if not row["poison"]], failed=failed
+        rescued=[int(row["id"]) for row in rows if not (row["poison"] or row["superseded"])],
+        failed=failed,
+        superseded=superseded,
     )

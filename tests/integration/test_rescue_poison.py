@@ -1,5 +1,6 @@
-"""The rescue's poison rule: a job lost with its worker LOST_LIMIT times fails, final, with its
-failure hook and audit row, instead of being rescued into the next worker's death."""
+"""The rescue's two exceptions: a job lost with its worker LOST_LIMIT times fails, final, with
+its failure hook and audit row, instead of being rescued into the next worker's death; and a
+lost job whose queueing lock another waiting job holds fails rather than break the rescue."""
 
 from __future__ import annotations
 
@@ -83,3 +84,52 @@ async def test_a_poison_job_of_a_task_without_hook_defers_none(conn: DictConnect
         "SELECT count(*) AS n FROM procrastinate_jobs WHERE task_name = 'taskhub.on_failure'"
     )
     assert await cursor.fetchone() == {"n": 0}
+
+
+async def insert_job(conn: DictConnection, status: str, lock: str) -> int:
+    cursor = await conn.execute(
+        "INSERT INTO procrastinate_jobs (queue_name, task_name, queueing_lock, args, status)"
+        " VALUES ('maintenance', 'taskhub.ping', %s, '{}', %s) RETURNING id",
+        (lock, status),
+    )
+    row = await cursor.fetchone()
+    assert row is not None
+    return int(row["id"])
+
+
+async def rescue(conn: DictConnection) -> dict[int, tuple[bool, bool]]:
+    cursor = await conn.execute(
+        QUERIES["rescue_stalled_jobs"],
+        {"seconds": 60, "lost_limit": LOST_LIMIT, "hooked_tasks": []},
+    )
+    return {row["id"]: (row["poison"], row["superseded"]) for row in await cursor.fetchall()}
+
+
+async def statuses(conn: DictConnection, *job_ids: int) -> list[str]:
+    cursor = await conn.execute(
+        "SELECT status::text FROM procrastinate_jobs WHERE id = ANY(%s) ORDER BY id",
+        (list(job_ids),),
+    )
+    return [row["status"] for row in await cursor.fetchall()]
+
+
+async def test_a_lost_job_whose_queueing_lock_waits_already_fails_and_the_rest_are_rescued(
+    conn: DictConnection,
+) -> None:
+    """It broke the lock's unique index, and the whole rescue with it: no job was rescued."""
+    await conn.set_autocommit(True)
+    lost = await insert_job(conn, "doing", "taskhub.evaluate_alerts")
+    waiting = await insert_job(conn, "todo", "taskhub.evaluate_alerts")
+    other = await insert_job(conn, "doing", "something.else")
+    assert await rescue(conn) == {lost: (False, True), other: (False, False)}
+    assert await statuses(conn, lost, waiting, other) == ["failed", "todo", "todo"]
+
+
+async def test_of_lost_jobs_sharing_a_queueing_lock_the_newest_is_rescued(
+    conn: DictConnection,
+) -> None:
+    await conn.set_autocommit(True)
+    older = await insert_job(conn, "doing", "taskhub.rescue_stalled_jobs")
+    newer = await insert_job(conn, "doing", "taskhub.rescue_stalled_jobs")
+    assert await rescue(conn) == {older: (False, True), newer: (False, False)}
+    assert await statuses(conn, older, newer) == ["failed", "todo"]
