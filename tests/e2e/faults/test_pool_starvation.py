@@ -138,5 +138,5 @@ def test_an_api_with_a_tiny_pool_answers_503_rather_than_waiting(
     assert {status for status, _, _ in answers} <= {200, 503}, answers
     assert len(refused) >= 38, answers
     assert all(retry is not None and int(retry) >= 1 for _, retry in refused), refused
-    assert slowest_refusal < 1 + 2.5, "a 503 within the pool timeout, plus load margin"
+    assert slowest_refusal < 1 + 4, "a 503 within the pool timeout, plus a loaded machine's margin"
     assert after.status_code == 200, "the API recovered when the lock went"
