@@ -30,8 +30,8 @@ PROCESSES = 8
 DOWN_FOR = 4.0  # seconds the server stays down at each restart
 RECOVERY_BOUND = 60.0
 # An API request while the database is down waits TASKHUB_DATABASE_TIMEOUT (5 s) for a
-# connection at most, then answers 503.
-REQUEST_BOUND = 7.0
+# connection at most, then answers 503 (4 s of margin: other suites load the machine in CI).
+REQUEST_BOUND = 9.0
 FAST_BEATS = {"TASKHUB_HEARTBEAT_INTERVAL": "1", "TASKHUB_RESCUE_AFTER": "10"}
 
 
