@@ -5,12 +5,16 @@ No module-level pools: the API lifespan and the worker each build their own.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import socket
 import time
 import weakref
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg import AsyncConnection
+from psycopg.abc import PQGen
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool
 
@@ -19,6 +23,35 @@ from backend.queries import QUERIES
 from backend.settings import Settings
 
 DictConnection = AsyncConnection[DictRow]
+RV = TypeVar("RV")
+
+#: Seconds an API or dashboard statement may go unanswered before its connection is cut, and a
+#: connection attempt likewise. A dropped network path closes nothing: a request that had its
+#: connection when the path went waited forever (measured: over 60 s, until the client gave up).
+ANSWER_WITHIN = 15.0
+
+
+def cut(connection: AsyncConnection[Any]) -> None:
+    """Shut the socket down under psycopg: what waits on it fails at once as a lost
+    connection (a cancel request would go down the same dead path)."""
+    with (
+        contextlib.suppress(OSError, psycopg.Error),
+        socket.socket(fileno=socket.dup(connection.pgconn.socket)) as dup,
+    ):
+        dup.shutdown(socket.SHUT_RDWR)
+
+
+class AnsweredConnection(AsyncConnection[DictRow]):
+    """The API's connections: every exchange with the server (a statement, a fetch, a commit)
+    answered within ``ANSWER_WITHIN`` seconds, or the connection is cut and it fails
+    (``psycopg.OperationalError``, a 503)."""
+
+    async def wait(self, gen: PQGen[RV], interval: float = 0.1, timeout: float | None = None) -> RV:
+        timer = asyncio.get_running_loop().call_later(ANSWER_WITHIN, cut, self)
+        try:
+            return await super().wait(gen, interval, timeout)
+        finally:
+            timer.cancel()
 
 
 def describe_database(url: str) -> str:
@@ -68,8 +101,12 @@ def create_pool(url: str, settings: Settings) -> AsyncConnectionPool[DictConnect
         max_size=settings.pool_max_size,
         # Autocommit: a one-statement read is one round trip, not BEGIN, the query and COMMIT.
         # Every request that writes opens its transaction itself (deps.get_conn).
-        kwargs={"row_factory": dict_row, "autocommit": True},
-        connection_class=AsyncConnection[DictRow],
+        kwargs={
+            "row_factory": dict_row,
+            "autocommit": True,
+            "connect_timeout": round(ANSWER_WITHIN),
+        },
+        connection_class=AnsweredConnection,
         open=False,
         check=idle_check.check,
         reset=idle_check.reset,
