@@ -29,8 +29,9 @@ async def register(
     )
 
 
-async def heartbeat(connection: DedicatedConnection, worker_id: int, jobs_done: int) -> None:
-    """procrastinate's heartbeat and the row's, jobs done included, in one statement.
+async def heartbeat(connection: DedicatedConnection, worker_id: int, jobs_done: int) -> bool:
+    """procrastinate's heartbeat and the row's, jobs done included, in one statement; False
+    when procrastinate's row is gone (pruned: the worker was presumed dead).
 
     On the worker's own connection, never the pool: with a pool smaller than the concurrency,
     a beat queued behind tasks holding every pooled connection could come after
@@ -39,11 +40,12 @@ async def heartbeat(connection: DedicatedConnection, worker_id: int, jobs_done: 
     """
     params = {"worker_id": worker_id, "jobs_done": jobs_done}
     try:
-        await connection.fetch_all(QUERIES["worker_heartbeat"], params)
+        rows = await connection.fetch_all(QUERIES["worker_heartbeat"], params)
     except psycopg.OperationalError:
         if not connection.is_broken():
             raise
-        await connection.fetch_all(QUERIES["worker_heartbeat"], params)
+        rows = await connection.fetch_all(QUERIES["worker_heartbeat"], params)
+    return bool(rows[0]["registered"])
 
 
 async def stopped(app: App, worker_id: int, jobs_done: int) -> None:

@@ -311,6 +311,7 @@ class TaskhubWorker(Worker):
         self._early_aborts: dict[int, float] = {}  # abort requests for jobs not running yet
         self._fetch_connection: DedicatedConnection | None = None
         self._heartbeat_connection: DedicatedConnection | None = None
+        self._registering = asyncio.Lock()
         self._finisher: FinishBatcher | None = None
         # Per task: whether it is async, and its task middlewares (fixed once the worker runs).
         self._task_plans: dict[str, tuple[bool, list[Any]]] = {}
@@ -454,17 +455,20 @@ class TaskhubWorker(Worker):
             await asyncio.sleep(self.update_heartbeat_interval)
             assert self.worker_id is not None
             assert self._heartbeat_connection is not None
+            worker_id = self.worker_id
             try:
-                await registration.heartbeat(
-                    self._heartbeat_connection, self.worker_id, self.jobs_done
+                registered = await registration.heartbeat(
+                    self._heartbeat_connection, worker_id, self.jobs_done
                 )
             except Exception as exc:
                 if not is_transient(exc):
                     raise
                 outage.failed(exc)  # the next beat is the next try
                 await self._heartbeat_connection.close()
-            else:
-                outage.recovered()
+                continue
+            outage.recovered()
+            if not registered:  # pruned as dead while frozen or cut off; idle since
+                await self._register_again(worker_id)
 
     async def _poll_jobs_to_abort(self) -> None:
         """procrastinate's polling for abort requests, tried again after a database outage."""
@@ -573,7 +577,7 @@ class TaskhubWorker(Worker):
             except psycopg.errors.ForeignKeyViolation as exc:
                 if exc.diag.constraint_name != PRUNED_WORKER_CONSTRAINT:
                     raise
-                await self._register_again()
+                await self._register_again(self.worker_id)
                 continue
             except Exception as exc:
                 if not is_transient(exc):
@@ -802,16 +806,21 @@ class TaskhubWorker(Worker):
             self._still_running -= 1
             self._slot_freed.set()
 
-    async def _register_again(self) -> None:
+    async def _register_again(self, old: int) -> None:
         """Register under a new id after the old row was pruned: a worker frozen or cut off
         for longer than TASKHUB_RESCUE_AFTER is presumed dead, its row deleted by the next
         worker to start and its jobs rescued. Fetching under the old id then broke the foreign
-        key and the worker exited. Outcomes of jobs taken under the old id stay fenced."""
+        key and the worker exited. Outcomes of jobs taken under the old id stay fenced.
+
+        The fetch loop and the heartbeat may both find out: one registers, once per old id
+        (two new ids would fence the jobs fetched under the first)."""
         assert self._finisher is not None
-        old = self.worker_id
-        self.worker_id = await self.app.job_manager.register_worker()
-        await registration.register(self.app, self.worker_id, self.queues, self.concurrency)
-        self._finisher.reassign(self.worker_id)
+        async with self._registering:
+            if self.worker_id != old:
+                return
+            self.worker_id = await self.app.job_manager.register_worker()
+            await registration.register(self.app, self.worker_id, self.queues, self.concurrency)
+            self._finisher.reassign(self.worker_id)
         logger.warning(
             "worker %s was presumed dead (no heartbeat for TASKHUB_RESCUE_AFTER) and its jobs "
             "rescued: it goes on as worker %s",

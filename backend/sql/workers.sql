@@ -6,14 +6,16 @@ ON CONFLICT (worker_id) DO NOTHING;
 
 -- worker_heartbeat --
 -- procrastinate's heartbeat and taskhub's row in one statement: jobs done so far come from the
--- worker's in-memory counter, so jobs themselves never pay a statement for it.
+-- worker's in-memory counter, so jobs themselves never pay a statement for it. registered is
+-- false when procrastinate's row is gone (pruned as dead): the worker registers again.
 WITH mine AS (
     UPDATE taskhub.workers
        SET last_heartbeat = now(), jobs_done = %(jobs_done)s
      WHERE worker_id = %(worker_id)s
  RETURNING worker_id
 )
-SELECT procrastinate_update_heartbeat_v1(%(worker_id)s);
+SELECT procrastinate_update_heartbeat_v1(%(worker_id)s) AS beat,
+       EXISTS (SELECT FROM procrastinate_workers WHERE id = %(worker_id)s) AS registered;
 
 -- worker_stopped --
 UPDATE taskhub.workers

@@ -86,3 +86,33 @@ async def test_a_silent_worker_is_dead_and_pruned_after_seven_days(
     names = [row.host for row in await workers.list_workers(conn, settings.rescue_after)]
     assert "gone" not in names
     assert "silent" in names
+
+
+async def test_an_idle_worker_whose_row_was_pruned_registers_again_and_keeps_working(
+    conn: DictConnection, settings: Settings, db_url: str
+) -> None:
+    """As after a freeze or a cut longer than TASKHUB_RESCUE_AFTER: another worker's start
+    pruned its row. Its next heartbeat finds out, without waiting for a job to fetch."""
+    await conn.set_autocommit(True)
+    fast = settings.model_copy(update={"heartbeat_interval": 0.2})
+    async with running_worker(fast, db_url, queues=["default"]):
+        cursor = await conn.execute("DELETE FROM procrastinate_workers RETURNING id")
+        [pruned] = await cursor.fetchall()
+
+        async def registered_again() -> bool:
+            cursor = await conn.execute("SELECT id FROM procrastinate_workers")
+            rows = await cursor.fetchall()
+            return len(rows) == 1 and rows[0]["id"] != pruned["id"]
+
+        await eventually(registered_again, within=5)
+        job_id = await defer.defer(conn, ping, {"message": "after"})
+
+        async def done() -> bool:
+            cursor = await conn.execute(
+                "SELECT status FROM procrastinate_jobs WHERE id = %s", (job_id,)
+            )
+            return await cursor.fetchone() == {"status": "succeeded"}
+
+        await eventually(done)
+    cursor = await conn.execute("SELECT count(*) AS n FROM taskhub.workers")
+    assert await cursor.fetchone() == {"n": 2}, "the old row and the new one"
