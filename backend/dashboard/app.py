@@ -6,6 +6,7 @@ from collections.abc import Awaitable, Callable
 from typing import cast
 from urllib.parse import quote
 
+import psycopg
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import RedirectResponse
@@ -17,7 +18,7 @@ from backend.dashboard.context import Dashboard, LoginRequired, dashboard_of
 from backend.dashboard.rendering import base_path
 from backend.dashboard.settings import DashboardSettings
 from backend.declare.apps import LoadedApps, load_apps
-from backend.errors import SettingsError, TaskhubError
+from backend.errors import DatabaseUnavailable, SettingsError, TaskhubError
 from backend.settings import Settings, load_settings
 
 SECURITY_HEADERS = {
@@ -53,7 +54,22 @@ def _install_error_pages(app: FastAPI) -> None:
 
     async def taskhub_error(request: Request, exc: Exception) -> Response:
         error = cast(TaskhubError, exc)
-        return _error_page(request, error.status_code, error.message)
+        page = _error_page(request, error.status_code, error.message)
+        page.headers.update(getattr(error, "headers", None) or {})
+        return page
+
+    async def database_gone(request: Request, exc: Exception) -> Response:
+        # A restart, a cut network, a failover (to a read-only server, too): a 503 page the
+        # user can reload, not a 500 (or a reset connection, when the error came mid-page).
+        read_only = isinstance(exc, psycopg.errors.ReadOnlySqlTransaction)
+        message = (
+            "the database is read-only for now (a failover?); try again shortly"
+            if read_only
+            else "the database connection was lost; try again shortly"
+        )
+        page = _error_page(request, 503, message)
+        page.headers.update(DatabaseUnavailable.headers)
+        return page
 
     async def invalid(request: Request, exc: Exception) -> Response:
         problems = "; ".join(
@@ -70,6 +86,8 @@ def _install_error_pages(app: FastAPI) -> None:
 
     app.add_exception_handler(LoginRequired, login_required)
     app.add_exception_handler(TaskhubError, taskhub_error)
+    app.add_exception_handler(psycopg.OperationalError, database_gone)
+    app.add_exception_handler(psycopg.errors.ReadOnlySqlTransaction, database_gone)
     app.add_exception_handler(RequestValidationError, invalid)
     app.add_exception_handler(StarletteHTTPException, http_error)
 
