@@ -38,6 +38,7 @@ from backend.api import create_app
 from backend.api.schemas import MAX_BODY_BYTES
 from backend.control.waiting import MAX_WAIT
 from backend.dashboard import pages as dashboard_pages
+from backend.process.embedded import BIN_DIR as EMBEDDED_BIN_DIR
 from backend.settings import Settings
 from tests.conftest import ADMIN_TOKEN, OPERATE_TOKEN, bearer
 from tests.integration.conftest import running_api
@@ -123,7 +124,15 @@ HOSTILE = st.one_of(
 def schema_dump(db_url: str) -> str:
     """The schema as pg_dump prints it: any DDL a request managed to run shows here."""
     dumped = subprocess.run(
-        ["pg_dump", "--schema-only", "--no-owner", "--no-privileges", db_url],
+        # The embedded package's pg_dump (the newest major): it reads the local server and the
+        # embedded one the tests start without TEST_DATABASE_URL; the system's may be older.
+        [
+            str(EMBEDDED_BIN_DIR / "pg_dump"),
+            "--schema-only",
+            "--no-owner",
+            "--no-privileges",
+            db_url,
+        ],
         capture_output=True,
         text=True,
         check=True,
