@@ -19,7 +19,7 @@ from backend.runtime.context import TaskContext
 blueprint = TaskBlueprint()
 
 
-def _database_conninfo(ctx: TaskContext) -> str:
+def database_conninfo(ctx: TaskContext) -> str:
     """The conninfo the worker's pool connects with: pg_dump dumps that very database."""
     connector = ctx.app.connector
     assert isinstance(connector, PsycopgConnector)
@@ -44,7 +44,7 @@ async def backup_database(args: PeriodicArgs, ctx: TaskContext) -> backups.Backu
     return await backups.run_backup(
         backups.BackupRun(
             settings=ctx.settings,
-            conninfo=_database_conninfo(ctx),
+            conninfo=database_conninfo(ctx),
             job_id=ctx.job_id,
             attempt=ctx.attempt,
             transaction=ctx.connection,

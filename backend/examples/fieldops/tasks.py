@@ -43,7 +43,7 @@ from backend.examples.fieldops.blueprint import (
 from backend.examples.fieldops.settings import FieldopsSettings
 from backend.maintenance import backups
 from backend.runtime.context import TaskContext
-from backend.tasks.backups import _database_conninfo
+from backend.tasks.backups import database_conninfo
 
 __all__ = ["DEFAULTS", "blueprint"]
 
@@ -101,7 +101,7 @@ async def run_automated_backup(args: PeriodicArgs, ctx: TaskContext) -> BackupRe
     report = await backups.run_backup(
         backups.BackupRun(
             settings=ctx.settings,
-            conninfo=_database_conninfo(ctx),
+            conninfo=database_conninfo(ctx),
             job_id=ctx.job_id,
             attempt=ctx.attempt,
             transaction=ctx.connection,
