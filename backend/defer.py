@@ -225,7 +225,7 @@ def _insert_statement(jobs: list[Job]) -> tuple[LiteralString, dict[str, Any]]:
         "priorities": [job.priority for job in jobs],
         "locks": [job.lock for job in jobs],
         "queueing_locks": [job.queueing_lock for job in jobs],
-        "args": [Jsonb(job.task_kwargs) for job in jobs],
+        "args": Jsonb([job.task_kwargs for job in jobs]),
         "scheduled_ats": [job.scheduled_at for job in jobs],
     }
 

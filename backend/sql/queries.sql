@@ -345,13 +345,18 @@ VALUES (%(queue)s, %(task)s, %(priority)s, %(lock)s, %(queueing_lock)s, %(args)s
 RETURNING id;
 
 -- defer_jobs --
--- Many jobs in one statement, as defer_job; ids come back in the order of the arrays.
+-- Many jobs in one statement, as defer_job; ids come back in the order of the arrays. The
+-- arguments travel as one JSON array (one document to encode, not a jsonb[] of many).
 INSERT INTO procrastinate_jobs
        (queue_name, task_name, priority, lock, queueing_lock, args, scheduled_at)
-SELECT *
+SELECT job.queue, job.task, job.priority, job.lock, job.queueing_lock, args.value,
+       job.scheduled_at
   FROM unnest(%(queues)s::varchar[], %(tasks)s::varchar[], %(priorities)s::integer[],
-              %(locks)s::varchar[], %(queueing_locks)s::varchar[], %(args)s::jsonb[],
+              %(locks)s::varchar[], %(queueing_locks)s::varchar[],
               %(scheduled_ats)s::timestamptz[])
+       WITH ORDINALITY AS job(queue, task, priority, lock, queueing_lock, scheduled_at, n)
+  JOIN jsonb_array_elements(%(args)s::jsonb) WITH ORDINALITY AS args(value, n) USING (n)
+ ORDER BY n
 RETURNING id;
 
 -- fetch_job --
