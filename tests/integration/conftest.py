@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from collections.abc import AsyncIterator, Iterable
 
 import httpx
@@ -16,7 +17,15 @@ from backend.declare.registry import TaskBlueprint
 from backend.process.runner import WorkerOptions, run_worker
 from backend.runtime.app import build_task_app
 from backend.settings import Settings
-from tests.conftest import BLUEPRINTS, OPERATE_TOKEN, bearer, eventually
+from tests.conftest import (
+    BLUEPRINTS,
+    OPERATE_TOKEN,
+    RUN_ID,
+    bearer,
+    create_database,
+    drop_database,
+    eventually,
+)
 
 
 @contextlib.asynccontextmanager
@@ -80,3 +89,15 @@ async def wait_until_listening(db_url: str, worker_task: asyncio.Task[None]) -> 
             return await cursor.fetchone() is not None
 
     await eventually(listening, within=15)
+
+
+@pytest.fixture
+async def twin_urls(admin_url: str, template_name: str) -> AsyncIterator[tuple[str, str]]:
+    """Two fresh clones of the migrated template: the same sequences, the same ids."""
+    names = [f"taskhub_t_{RUN_ID}_{uuid.uuid4().hex[:8]}" for _ in range(2)]
+    urls = [create_database(admin_url, name, template=template_name) for name in names]
+    try:
+        yield urls[0], urls[1]
+    finally:
+        for name in names:
+            drop_database(admin_url, name)

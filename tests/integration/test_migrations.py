@@ -12,6 +12,13 @@ from backend.examples.scheduling import app as scheduling_app
 from backend.process import migrate
 from backend.process.embedded import BIN_DIR
 
+# procrastinate's per-row insert triggers that migration 0018 replaces with one statement-level
+# trigger doing the same work set-wise (tests/integration/test_setwise_defer.py proves it).
+REPLACED_TRIGGERS = (
+    "CREATE TRIGGER procrastinate_jobs_notify_queue_job_inserted_v1 ",
+    "CREATE TRIGGER procrastinate_trigger_status_events_insert_v1 ",
+)
+
 
 def schema_dump(url: str) -> str:
     """The public schema as pg_dump prints it, minus alembic's table; column order ignored."""
@@ -37,9 +44,11 @@ def schema_dump(url: str) -> str:
         and not line.startswith(("--", "SET ", "SELECT pg_catalog.set_config", "\\"))
         # Some servers stamp per-database attribute options (pg_attver); not schema.
         and "(pg_attver=" not in line
-        # taskhub's own trigger on procrastinate_jobs (its function lives in schema taskhub),
-        # and its own index on procrastinate_events (for pruning, revision 0005).
+        # taskhub's own triggers on procrastinate_jobs (their functions live in schema
+        # taskhub), its own index on procrastinate_events (for pruning, revision 0005), and
+        # the triggers they replace.
         and not line.startswith(("CREATE TRIGGER taskhub_", "CREATE INDEX taskhub_"))
+        and not line.startswith(REPLACED_TRIGGERS)
     ]
     text = "\n".join(lines)
     # A revision that adds a column puts it last; schema.sql may put it elsewhere.

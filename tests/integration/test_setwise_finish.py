@@ -4,31 +4,23 @@ The worker finishes a batch of outcomes with two set-wise UPDATEs (``finish_jobs
 backend/sql/queries.sql) instead of one ``procrastinate_finish_job_v1`` or
 ``procrastinate_retry_job_v2`` call per job (``finish_jobs_by_function``, kept as the reference in
 tests/integration/finish_reference/). Two identical databases get the same jobs in the same
-states and the same batch of outcomes, one through each statement; then every row of the jobs,
-events, results, errors, progress, audit and workers tables and every NOTIFY must be the same.
-Timestamps taken from the clock are compared by their order, all of them in one ranking (the
-two runs happen at different times); ids, statuses, attempts, worker ids and everything else
-exactly. The mutation tests make sure the comparison notices a wrong finish.
+states and the same batch of outcomes, one through each statement; then every row and every
+NOTIFY must be the same (tests/integration/twins.py says how they are compared). The mutation
+tests make sure the comparison notices a wrong finish.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import datetime as dt
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from typing import Any, LiteralString
 
-import psycopg
 import pytest
-from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from backend.queries import QUERIES, load_queries
 from backend.runtime.finisher import FINISH_CONNECTION_SETTINGS, finish_entry
-from tests.conftest import RUN_ID, create_database, drop_database
+from tests.integration.twins import Connection, World, differences, run_world
 
 REFERENCE = load_queries("tests.integration.finish_reference")["finish_jobs_by_function"]
 SETWISE = QUERIES["finish_jobs"]
@@ -43,42 +35,20 @@ CHANNELS = (
     "taskhub_job_finished",
     "taskhub_job_progress",
 )
-COMPARED_TABLES = (
-    "procrastinate_jobs",
-    "procrastinate_events",
-    "procrastinate_workers",
-    "taskhub.job_results",
-    "taskhub.job_errors",
-    "taskhub.job_progress",
-    "taskhub.audit_log",
-)
-
-
-@dataclass(frozen=True)
-class World:
-    """What one database holds after the finish: rows per table, NOTIFYs, the ids returned."""
-
-    finished: list[int]
-    tables: dict[str, list[dict[str, Any]]]
-    notifies: list[tuple[str, str]]
-
-
 DEFER_ONE = (
     "SELECT (procrastinate_defer_jobs_v1(ARRAY[ROW(%s, %s, 0, %s, NULL, %s, NULL)"
     "::procrastinate_job_to_defer_v1]))[1] AS id"
 )
 
 
-async def defer(
-    conn: psycopg.AsyncConnection[dict[str, Any]], queue: str, task: str, lock: str | None = None
-) -> int:
+async def defer(conn: Connection, queue: str, task: str, lock: str | None = None) -> int:
     cursor = await conn.execute(DEFER_ONE, (queue, task, lock, Jsonb({"task": task})))
     row = await cursor.fetchone()
     assert row is not None
     return int(row["id"])
 
 
-async def seed(conn: psycopg.AsyncConnection[dict[str, Any]]) -> tuple[int, list[dict[str, Any]]]:
+async def seed(conn: Connection) -> tuple[int, list[dict[str, Any]]]:
     """The same jobs in the same states on either database; the batch worker A submits."""
     cursor = await conn.execute("SELECT procrastinate_register_worker_v1() AS id")
     worker_a = int((await cursor.fetchone() or {})["id"])
@@ -171,112 +141,31 @@ async def seed(conn: psycopg.AsyncConnection[dict[str, Any]]) -> tuple[int, list
     return worker_a, batch
 
 
-def clock_values(rows: Iterator[Any]) -> set[dt.datetime]:
-    return {value for row in rows for value in row.values() if isinstance(value, dt.datetime)}
-
-
-def rank_clock(tables: dict[str, list[dict[str, Any]]]) -> dict[str, list[dict[str, Any]]]:
-    """Every timestamp replaced by its rank among all the timestamps of the database (RETRY_AT
-    is a fixed value: it stays itself)."""
-    stamps = sorted(clock_values(row for rows in tables.values() for row in rows) - {RETRY_AT})
-    rank = {stamp: f"t{index}" for index, stamp in enumerate(stamps)}
-    return {
-        table: [
-            {
-                key: rank.get(value, value) if isinstance(value, dt.datetime) else value
-                for key, value in row.items()
-            }
-            for row in rows
-        ]
-        for table, rows in tables.items()
-    }
-
-
-async def snapshot(
-    conn: psycopg.AsyncConnection[dict[str, Any]],
-) -> dict[str, list[dict[str, Any]]]:
-    """Every row of the compared tables. Events come per job, in each job's order, their ids
-    apart: all of a batch's events share its transaction's timestamp and commit together, and
-    the per-call functions fire their triggers call by call where the set-wise UPDATEs fire
-    them at the end of the statement, so different jobs' events interleave differently."""
-    tables: dict[str, list[dict[str, Any]]] = {}
-    for table in COMPARED_TABLES:
-        order = {
-            "taskhub.job_results": "job_id",
-            "taskhub.job_progress": "job_id",
-            "procrastinate_events": "job_id, id",
-        }.get(table, "id")
-        cursor = await conn.execute(f"SELECT * FROM {table} ORDER BY {order}")
-        tables[table] = await cursor.fetchall()
-    events = tables["procrastinate_events"]
-    tables["procrastinate_events ids"] = [
-        {"id": id_} for id_ in sorted(e.pop("id") for e in events)
-    ]
-    return rank_clock(tables)
-
-
-async def run_world(url: str, statement: LiteralString, *, quiet_trigger: bool) -> World:
+async def finish_world(url: str, statement: LiteralString, *, quiet_trigger: bool) -> World:
     """Seed, finish the batch with ``statement`` as worker A, collect what it left."""
-    async with (
-        await psycopg.AsyncConnection.connect(url, autocommit=True, row_factory=dict_row) as conn,
-        await psycopg.AsyncConnection.connect(url, autocommit=True) as listener,
-    ):
+
+    async def steps(conn: Connection) -> list[Any]:
         worker_a, batch = await seed(conn)
-        for channel in CHANNELS:
-            await listener.execute(f'LISTEN "{channel}"')
         if quiet_trigger:
             for name, value in FINISH_CONNECTION_SETTINGS.items():
                 await conn.execute("SELECT set_config(%s, %s, false)", (name, value))
         cursor = await conn.execute(statement, {"batch": Jsonb(batch), "worker_id": worker_a})
-        finished = sorted(int(row["job_id"]) for row in await cursor.fetchall())
-        notifies: list[tuple[str, str]] = []
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(0.5):
-                async for notify in listener.notifies():
-                    notifies.append((notify.channel, notify.payload))
-        return World(finished, await snapshot(conn), notifies)
+        return sorted(int(row["job_id"]) for row in await cursor.fetchall())
 
-
-@pytest.fixture
-async def twin_urls(admin_url: str, template_name: str) -> AsyncIterator[tuple[str, str]]:
-    """Two fresh clones of the migrated template: the same sequences, the same ids."""
-    names = [f"taskhub_t_{RUN_ID}_{uuid.uuid4().hex[:8]}" for _ in range(2)]
-    urls = [create_database(admin_url, name, template=template_name) for name in names]
-    try:
-        yield urls[0], urls[1]
-    finally:
-        for name in names:
-            drop_database(admin_url, name)
-
-
-def differences(reference: World, candidate: World) -> list[str]:
-    """What differs, in words; empty when the two worlds are the same."""
-    found: list[str] = []
-    if reference.finished != candidate.finished:
-        found.append(f"finished ids {reference.finished} != {candidate.finished}")
-    for table in reference.tables:
-        want, got = reference.tables[table], candidate.tables[table]
-        if len(want) != len(got):
-            found.append(f"{table}: {len(want)} rows != {len(got)}")
-        for row_want, row_got in zip(want, got, strict=False):
-            if row_want != row_got:
-                found.append(f"{table}: {row_want} != {row_got}")
-    if sorted(reference.notifies) != sorted(candidate.notifies):
-        found.append(f"NOTIFY {reference.notifies} != {candidate.notifies}")
-    return found
+    return await run_world(url, steps, CHANNELS, fixed=[RETRY_AT])
 
 
 @pytest.mark.parametrize("quiet_trigger", [False, True], ids=["any-connection", "worker-finish"])
 async def test_the_setwise_finish_leaves_what_procrastinates_functions_leave(
     twin_urls: tuple[str, str], quiet_trigger: bool
 ) -> None:
-    reference = await run_world(twin_urls[0], REFERENCE, quiet_trigger=quiet_trigger)
-    candidate = await run_world(twin_urls[1], SETWISE, quiet_trigger=quiet_trigger)
+    reference = await finish_world(twin_urls[0], REFERENCE, quiet_trigger=quiet_trigger)
+    candidate = await finish_world(twin_urls[1], SETWISE, quiet_trigger=quiet_trigger)
 
     assert differences(reference, candidate) == []
     # The batch covers what it should: 10 owned jobs finished, the stale and cancelled ones
     # fenced off, a hook job deferred for each hooked final failure.
-    assert len(candidate.finished) == 10
+    assert len(candidate.returned) == 10
     statuses = [job["status"] for job in candidate.tables["procrastinate_jobs"]]
     assert statuses.count("todo") == 2 + 2  # two retries, two hook jobs
     assert {event["type"] for event in candidate.tables["procrastinate_events"]} >= {
@@ -288,7 +177,7 @@ async def test_the_setwise_finish_leaves_what_procrastinates_functions_leave(
         "abort_requested",
     }
     if not quiet_trigger:
-        assert ("taskhub_job_finished", str(candidate.finished[1])) in candidate.notifies
+        assert ("taskhub_job_finished", str(candidate.returned[1])) in candidate.notifies
 
 
 MUTATIONS = {
@@ -327,8 +216,8 @@ async def test_the_comparison_catches_a_wrong_finish(
     old, new = MUTATIONS[mutation]
     assert old in SETWISE, mutation
     mutated = SETWISE.replace(old, new)
-    reference = await run_world(twin_urls[0], REFERENCE, quiet_trigger=False)
-    candidate = await run_world(twin_urls[1], mutated, quiet_trigger=False)
+    reference = await finish_world(twin_urls[0], REFERENCE, quiet_trigger=False)
+    candidate = await finish_world(twin_urls[1], mutated, quiet_trigger=False)
     assert differences(reference, candidate), f"{mutation}: the comparison saw no difference"
 
 
