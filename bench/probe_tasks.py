@@ -4,19 +4,29 @@ taskhub's ``bench.probe`` returns ``time.time()``, which taskhub's worker stores
 ``taskhub.job_results``; bare procrastinate keeps no results, so its twin writes the time to
 ``bench_probe_starts``. Both worker processes run on the machine the bench runs on, so the
 clocks are the same.
+
+``bench.noop`` is taskhub's no-op for ``bench/steady.py``: ``taskhub.ping``'s work (it returns
+its ``message``) plus, with ``probe`` (a UDP port) and ``token``, one datagram
+``"<token> <time.monotonic()>"`` to 127.0.0.1 as its first action. ``taskhub worker --app
+probe_tasks`` (``bench/`` on ``PYTHONPATH``) loads both tasks as the app ``bench``.
 """
 
 from __future__ import annotations
 
+import socket
 import time
+from typing import Any
 
 import procrastinate
 from procrastinate import JobContext
+from pydantic import BaseModel, ConfigDict
 
+from backend.declare.apps import TaskhubApp
 from backend.declare.registry import TaskBlueprint
 from backend.settings import Settings
 
 TASK_NAME = "bench.probe"
+NOOP_TASK = "bench.noop"
 
 blueprint = TaskBlueprint()
 
@@ -25,6 +35,29 @@ blueprint = TaskBlueprint()
 async def probe() -> float:
     """The time the task function started (seconds since the epoch)."""
     return time.time()
+
+
+class NoopArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    message: Any = None
+    probe: int | None = None  # UDP port on 127.0.0.1 to report the start to
+    token: int | None = None
+
+
+_udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+
+
+@blueprint.task(name=NOOP_TASK)
+async def noop(args: NoopArgs) -> Any:
+    """``taskhub.ping`` without its sleep; with ``probe``, first tell the bench it started."""
+    if args.probe is not None:
+        _udp.sendto(f"{args.token} {time.monotonic():.6f}".encode(), ("127.0.0.1", args.probe))
+    return args.message
+
+
+#: ``taskhub worker --app probe_tasks`` loads this.
+app = TaskhubApp(name="bench", blueprints=[blueprint], description="bench probe tasks")
 
 
 #: Where bare procrastinate's probe writes its start time.

@@ -365,7 +365,16 @@ class TaskhubSystem(ProcrastinateSchema):
             "TASKHUB_LOG_LEVEL": "WARNING",
             "TASKHUB_WORKER_CONCURRENCY": str(self.concurrency),
         }
-        argv = [bench_bin("taskhub"), "worker", "--concurrency", str(self.concurrency)]
+        # bench/probe_tasks.py's app brings bench.noop, the task of enqueue_one (steady.py).
+        env = with_bench_path(env)
+        argv = [
+            bench_bin("taskhub"),
+            "worker",
+            "--concurrency",
+            str(self.concurrency),
+            "--app",
+            "probe_tasks",
+        ]
         # The one line to change once `taskhub worker --processes N` is everywhere.
         if self.use_processes_option:
             return [Command([*argv, "--processes", str(processes)], env)]
@@ -377,6 +386,15 @@ class TaskhubSystem(ProcrastinateSchema):
 
         task = builtin_apps().task(self.task_name)
         await defer.batch_defer(conn, task, [{"message": i} for i in range(jobs)])
+
+    async def enqueue_one(self, conn: AsyncConnection[Any], args: dict[str, Any]) -> None:
+        """One ``bench.noop`` job (``taskhub.ping``'s work, plus the probe): ``defer.defer``,
+        one statement on the autocommit ``conn``."""
+        import probe_tasks
+
+        from backend import defer
+
+        await defer.defer(conn, probe_tasks.noop, args)
 
 
 class ProcrastinateSystem(ProcrastinateSchema):
@@ -420,6 +438,12 @@ class ProcrastinateSystem(ProcrastinateSchema):
         many: list[JSONDict] = [{"message": i} for i in range(jobs)]
         await noop.configure(connection=conn).batch_defer_async(*many)
 
+    async def enqueue_one(self, conn: AsyncConnection[Any], args: dict[str, Any]) -> None:
+        """``defer_async``, on the autocommit ``conn`` (its own transaction)."""
+        from peers.procrastinate_app import noop
+
+        await noop.configure(connection=conn).defer_async(**args)
+
 
 class PgqueuerSystem:
     """pgqueuer: ``pgq run`` on bench/peers/pgqueuer_app.py; schema by ``pgq install``."""
@@ -431,6 +455,8 @@ class PgqueuerSystem:
 
     def __init__(self, max_concurrent_tasks: int | None) -> None:
         self.options: list[str] = []
+        # enqueue_one's Queries per connection, made once as a user's code would.
+        self._queries: dict[int, tuple[AsyncConnection[Any], Any]] = {}
         if max_concurrent_tasks is None:
             self.key = "pgqueuer_defaults"
             self.config = "defaults (`pgq run`: batch 10, no cap)"
@@ -474,6 +500,17 @@ class PgqueuerSystem:
             [json.dumps({"message": i}).encode() for i in range(jobs)],
             [0] * jobs,
         )
+
+    async def enqueue_one(self, conn: AsyncConnection[Any], args: dict[str, Any]) -> None:
+        """``Queries.enqueue`` of one job on the autocommit ``conn`` (its own transaction)."""
+        from peers.pgqueuer_app import ENTRYPOINT
+        from pgqueuer.db import PsycopgDriver
+        from pgqueuer.queries import Queries
+
+        queries = self._queries.get(id(conn))
+        if queries is None or queries[0] is not conn:
+            queries = self._queries[id(conn)] = (conn, Queries(PsycopgDriver(conn)))
+        await queries[1].enqueue(ENTRYPOINT, json.dumps(args).encode())
 
     def busy_query(self) -> str:
         return "SELECT count(*) FROM pgqueuer"

@@ -5,13 +5,17 @@ Workers run through pgqueuer's CLI, which enters :func:`main` for a ready ``PgQu
     DATABASE_URL=... PYTHONPATH=bench pgq run peers.pgqueuer_app:main
 
 ``bench/throughput.py`` installs the schema with ``pgq install`` and enqueues through
-``Queries.enqueue`` with lists (one statement, in one transaction).
+``Queries.enqueue`` with lists (one statement, in one transaction). With ``probe`` (a UDP port)
+and ``token`` in its payload, the entrypoint first sends ``"<token> <time.monotonic()>"`` to
+127.0.0.1 (``bench/steady.py`` times pickups with it).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import socket
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -21,6 +25,8 @@ from pgqueuer.db import AsyncpgDriver
 from pgqueuer.models import Job
 
 ENTRYPOINT = "bench_noop"
+
+_udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 
 
 @asynccontextmanager
@@ -34,7 +40,10 @@ async def main() -> AsyncIterator[PgQueuer]:
     async def noop(job: Job) -> None:
         """Decode the argument, as a real task would, and do nothing with it."""
         if job.payload is not None:
-            json.loads(job.payload)
+            args = json.loads(job.payload)
+            if args.get("probe") is not None:
+                message = f"{args.get('token')} {time.monotonic():.6f}"
+                _udp.sendto(message.encode(), ("127.0.0.1", int(args["probe"])))
 
     try:
         yield pgq
