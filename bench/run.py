@@ -1,9 +1,13 @@
 """Every benchmark in one run, and bench/RESULTS.md with the goals of issue 7 checked.
 
 Runs, one after the other on one machine: throughput (taskhub and its peers), enqueue and the
-business transaction, pickup latency, the status endpoint under load, and the 10-million-row
-table. Each section is the script's own report; the goals table at the top reads its figures
-from the same run. Needs bench/.venv (``bench/setup.sh``) for the peers::
+business transaction, pickup latency, the status endpoint under load, the 10-million-row
+table, the statements a no-op job costs (pg_stat_statements) and a million queued jobs. Each
+section is the script's own report; the goals table at the top reads its figures from the
+same run. By default every script runs against a dedicated PostgreSQL started for the run
+(``bench/server.py``: settings copied from ``--database-url``'s server, pg_stat_statements
+preloaded), removed afterwards; ``--no-dedicated-server`` uses ``--database-url`` itself.
+Needs bench/.venv (``bench/setup.sh``) for the peers::
 
     bench/setup.sh && bench/.venv/bin/python bench/run.py --output bench/RESULTS.md
 """
@@ -22,8 +26,12 @@ import bigtable
 import enqueue
 import latency
 import measure
+import million
+import server
+import statements
 import status
 import throughput
+from psycopg import AsyncConnection
 
 
 @dataclass(frozen=True)
@@ -56,6 +64,8 @@ def goals(
     pickup: latency.LatencyFigures,
     endpoint: status.StatusFigures,
     big: bigtable.BigtableFigures,
+    per_statement: statements.StatementsFigures | None = None,
+    queued: million.MillionFigures | None = None,
 ) -> list[Goal]:
     one, two = _rate(rows, "taskhub", 1), _rate(rows, "taskhub", 2)
     peers = [row for row in rows if row.system != "taskhub" and row.error is None]
@@ -145,10 +155,40 @@ def goals(
                 loaded.latency.p99 < 10,
             )
         )
+    if per_statement is not None:
+        for run_ in per_statement.runs:
+            if run_.postgres_cpu_s is None:
+                continue
+            cpu = (run_.worker_cpu_s + run_.postgres_cpu_s) * 1000 / run_.jobs
+            result.append(
+                Goal(
+                    f"CPU per no-op job, worker + PostgreSQL, {run_.processes} process(es)",
+                    f"≤ {statements.BUDGET_MS} ms",
+                    f"{cpu:.3f} ms",
+                    cpu <= statements.BUDGET_MS,
+                )
+            )
+    if queued is not None:
+        result.append(
+            Goal(
+                f"drain of {queued.million.jobs:,} queued jobs / of {queued.reference.jobs:,}",
+                f"≥ {million.GOAL:.2f}",
+                f"{queued.ratio:.2f} ({queued.million.jobs_per_s:,.0f} vs "
+                f"{queued.reference.jobs_per_s:,.0f} jobs/s)",
+                queued.ratio >= million.GOAL,
+            )
+        )
     return result
 
 
-async def run(admin_url: str, jobs: int) -> str:
+async def has_pg_stat_statements(admin_url: str) -> bool:
+    async with await AsyncConnection.connect(admin_url, autocommit=True) as conn:
+        cursor = await conn.execute("SHOW shared_preload_libraries")
+        row = await cursor.fetchone()
+    return row is not None and "pg_stat_statements" in str(row[0])
+
+
+async def run(admin_url: str, jobs: int, where: str = "") -> str:
     quiet = await asyncio.to_thread(measure.quiet_check)
     environment = await measure.describe_environment(
         admin_url,
@@ -163,8 +203,22 @@ async def run(admin_url: str, jobs: int) -> str:
     pickup = await latency.measure(latency.LatencyOptions(admin_url=admin_url))
     endpoint = await status.measure(status.StatusOptions(admin_url=admin_url))
     big = await bigtable.measure(bigtable.BigtableOptions(admin_url=admin_url))
+    per_statement = None
+    if await has_pg_stat_statements(admin_url):
+        per_statement = await statements.measure(
+            statements.StatementsOptions(admin_url=admin_url, jobs=jobs)
+        )
+        statements_section = statements.render(per_statement)
+    else:
+        statements_section = (
+            "## Where a no-op job's time goes, per statement\n\nSkipped: the server does not "
+            "preload pg_stat_statements (run with `--dedicated-server`)."
+        )
+    queued = await million.measure(million.MillionOptions(admin_url=admin_url, reference_jobs=jobs))
     elapsed = time.perf_counter() - wall
-    table = "\n".join(goal.row() for goal in goals(rows, enqueued, pickup, endpoint, big))
+    table = "\n".join(
+        goal.row() for goal in goals(rows, enqueued, pickup, endpoint, big, per_statement, queued)
+    )
     after = await asyncio.to_thread(measure.quiet_check)
     sections = [
         throughput_section.replace("# Throughput", "## Throughput", 1),
@@ -172,12 +226,14 @@ async def run(admin_url: str, jobs: int) -> str:
         latency.render(pickup),
         status.render(endpoint),
         bigtable.render(big),
+        statements_section,
+        million.render(queued),
     ]
     demoted = [section.replace("\n## ", "\n### ").replace("\n# ", "\n## ") for section in sections]
     return f"""# taskhub benchmarks: one run, every figure
 
 All figures below come from one run of `bench/run.py` ({elapsed / 60:.0f} minutes) on this
-machine. Machine before the run: {quiet.describe()}; after: {after.describe()}.
+machine{where}. Machine before the run: {quiet.describe()}; after: {after.describe()}.
 
 | figure | goal | measured | |
 |---|---|---|---|
@@ -191,11 +247,30 @@ Why the goals that are not met are not: see [Where the time goes](#where-the-tim
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--database-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    parser.add_argument(
+        "--database-url",
+        default="postgresql://postgres@127.0.0.1:5432/postgres",
+        help="admin connection; with --dedicated-server, the server whose settings are copied",
+    )
+    parser.add_argument(
+        "--dedicated-server",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run everything on a throwaway PostgreSQL 15 (bench/server.py) with "
+        "pg_stat_statements preloaded (default: on)",
+    )
     parser.add_argument("--jobs", type=int, default=20_000, help="jobs per throughput drain")
     parser.add_argument("--output", type=Path, help="also write the report here")
     args = parser.parse_args(argv)
-    report = asyncio.run(run(args.database_url, args.jobs))
+    if args.dedicated_server:
+        with server.dedicated_server(args.database_url) as url:
+            where = (
+                ", on a dedicated PostgreSQL started for the run (`bench/server.py`: the "
+                f"settings of `{args.database_url}` copied, pg_stat_statements preloaded)"
+            )
+            report = asyncio.run(run(url, args.jobs, where))
+    else:
+        report = asyncio.run(run(args.database_url, args.jobs, f", server `{args.database_url}`"))
     print(report)
     if args.output is not None:
         args.output.write_text(report, encoding="utf-8")
