@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
 import os
 import threading
@@ -26,7 +27,6 @@ from backend.queries import QUERIES
 from backend.runtime.context import TaskContext
 from backend.runtime.finisher import FINISH_CONNECTION_SETTINGS
 from backend.runtime.isolation import SoftTimeLimitExceeded
-from backend.runtime.worker import FINISH_DELAY
 from backend.settings import Settings
 from tests.conftest import BLUEPRINTS, eventually
 from tests.integration.conftest import running_worker
@@ -312,11 +312,19 @@ async def test_retry_policy_backs_off_then_gives_up(
         backed_off = await finished(conn, backoff_id)
         not_retried = await finished(conn, only_on_id)
     assert backed_off.state == jobs.JobState.FAILURE
-    first, second, third = (error.at for error in backed_off.errors)
-    # The backoff counts from the failure; an error's ``at`` is its finish batch's time, up to
-    # FINISH_DELAY later.
-    assert (second - first).total_seconds() >= 0.4 - FINISH_DELAY
-    assert (third - second).total_seconds() >= 0.8 - FINISH_DELAY
+    assert len(backed_off.errors) == 3
+    # The backoff counts from the failure, which comes after the attempt's start: each retry
+    # is due (its 'scheduled' event) 0.4 s, then 0.8 s after the attempt's 'started' event at
+    # least, and the next attempt starts once it is due. (An error's ``at`` is its finish
+    # batch's time, later than the failure by however long the batch waited.)
+    started = [event.at for event in backed_off.events if event.type == "started"]
+    due = [event.at for event in backed_off.events if event.type == "scheduled"]
+    assert len(started) == 3
+    assert len(due) == 2
+    assert (due[0] - started[0]).total_seconds() >= 0.4
+    assert (due[1] - started[1]).total_seconds() >= 0.8
+    assert started[1] >= due[0] - dt.timedelta(milliseconds=5)
+    assert started[2] >= due[1] - dt.timedelta(milliseconds=5)
     assert [event.type for event in backed_off.events].count("deferred_for_retry") == 2
     assert [error.attempt for error in not_retried.errors] == [1], "KeyError is not retried"
 
