@@ -244,6 +244,27 @@ async def check_notify(doctor: Doctor) -> Check:
     return Check("notify", "ok", f"round trip {elapsed * 1000:.1f} ms")
 
 
+async def check_vacuum(doctor: Doctor) -> Check:
+    """Fetches walk the waiting jobs' index through the dead entries of jobs already fetched
+    until VACUUM removes them: without autovacuum, workers slow down as jobs go through."""
+    row = await _one(doctor.url, "doctor_autovacuum")
+    if not row["server_on"]:
+        return Check(
+            "vacuum",
+            "warning",
+            "autovacuum is off on the server: fetches slow down as jobs go through; set"
+            " autovacuum = on (and autovacuum_naptime = 10s for thousands of jobs a second)",
+        )
+    if not row["table_on"]:
+        return Check(
+            "vacuum",
+            "warning",
+            "autovacuum is off for procrastinate_jobs: run"
+            " ALTER TABLE procrastinate_jobs RESET (autovacuum_enabled)",
+        )
+    return Check("vacuum", "ok", f"autovacuum every {row['naptime']}")
+
+
 CheckFunction = Callable[[Doctor], Awaitable[Check]]
 #: Run once the database answers, in this order.
 DATABASE_CHECKS: tuple[CheckFunction, ...] = (
@@ -254,6 +275,7 @@ DATABASE_CHECKS: tuple[CheckFunction, ...] = (
     check_last_backup,
     check_clock,
     check_notify,
+    check_vacuum,
 )
 
 

@@ -29,3 +29,12 @@ LISTEN taskhub_doctor;
 
 -- doctor_notify --
 SELECT pg_notify('taskhub_doctor', %(token)s);
+
+-- doctor_autovacuum --
+-- Whether autovacuum runs, server-wide and on the jobs table (a table can turn it off alone).
+SELECT current_setting('autovacuum')::bool AS server_on,
+       coalesce((SELECT option_value::bool
+                   FROM pg_class, pg_options_to_table(pg_class.reloptions)
+                  WHERE pg_class.oid = 'procrastinate_jobs'::regclass
+                    AND option_name = 'autovacuum_enabled'), true) AS table_on,
+       current_setting('autovacuum_naptime') AS naptime;

@@ -47,9 +47,11 @@ def test_workers_and_doctor_with_two_worker_processes(
     lines = doctor.stdout.splitlines()
     assert [line.split()[0] for line in lines] == [
         "apps", "database", "migrations", "queues", "schedules", "backups", "last", "clock",
-        "notify",
+        "notify", "vacuum",
     ]  # fmt: skip
-    assert all(" ok" in line for line in lines), doctor.stdout
+    # autovacuum is the server's own setting (off on some test machines: a warning then).
+    assert all(" ok" in line for line in lines[:-1]), doctor.stdout
+    assert lines[-1].split()[1] in ("ok", "warning"), doctor.stdout
 
     time.sleep(1.5)  # a heartbeat carries the jobs done
     listed = run_cli(["workers", "--json"], tmp_path, env)

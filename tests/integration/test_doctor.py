@@ -34,6 +34,8 @@ async def test_every_check_passes_with_a_live_worker_and_a_fresh_backup(
     )
     async with running_worker(settings, db_url):  # all queues (maintenance's included)
         results = await doctor.run_checks(settings, db_url)
+    cursor = await conn.execute("SELECT current_setting('autovacuum')::bool AS on")
+    server_vacuums = (await cursor.fetchone() or {})["on"]  # off on some test machines
     assert [(result.name, result.status) for result in results] == [
         ("apps", "ok"),
         ("database", "ok"),
@@ -44,6 +46,7 @@ async def test_every_check_passes_with_a_live_worker_and_a_fresh_backup(
         ("last backup", "ok"),
         ("clock", "ok"),
         ("notify", "ok"),
+        ("vacuum", "ok" if server_vacuums else "warning"),
     ], [result.line() for result in results]
     assert not doctor.failed(results)
 
@@ -189,3 +192,19 @@ def test_a_check_that_raises_is_a_failure_line(settings: Settings) -> None:
 
     check = asyncio.run(doctor._guarded(broken, Doctor(settings, "")))
     assert check.line() == "broken       FAIL: connection lost"
+
+
+async def test_autovacuum_off_for_the_jobs_table_is_a_warning(
+    settings: Settings, db_url: str, conn: DictConnection
+) -> None:
+    await conn.set_autocommit(True)
+    cursor = await conn.execute("SELECT current_setting('autovacuum')::bool AS on")
+    server_vacuums = (await cursor.fetchone() or {})["on"]
+    before = await doctor.check_vacuum(at(settings, db_url))
+    assert before.status == ("ok" if server_vacuums else "warning"), before.line()
+    await conn.execute("ALTER TABLE procrastinate_jobs SET (autovacuum_enabled = false)")
+    after = await doctor.check_vacuum(at(settings, db_url))
+    assert after.status == "warning"
+    assert "autovacuum is off" in after.detail
+    if server_vacuums:
+        assert "RESET (autovacuum_enabled)" in after.detail

@@ -51,6 +51,8 @@ def schema_dump(url: str) -> str:
         and not line.startswith(REPLACED_TRIGGERS)
     ]
     text = "\n".join(lines)
+    # taskhub's autovacuum settings on the jobs table (revision 0019) are not procrastinate's.
+    text = re.sub(r"\n\)\nWITH \(autovacuum_[^;]*\);", "\n);", text)
     # A revision that adds a column puts it last; schema.sql may put it elsewhere.
     return re.sub(
         r"(CREATE TABLE [^(]+\()(.*?)(\n\);)",
