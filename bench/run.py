@@ -24,12 +24,15 @@ from pathlib import Path
 
 import bigtable
 import enqueue
+import enqueue_peers
+import idle
 import latency
 import measure
 import million
 import server
 import statements
 import status
+import steady
 import throughput
 from psycopg import AsyncConnection
 
@@ -63,7 +66,7 @@ def goals(
     enqueued: enqueue.EnqueueFigures,
     pickup: latency.LatencyFigures,
     endpoint: status.StatusFigures,
-    big: bigtable.BigtableFigures,
+    big: bigtable.BigtableFigures | None,
     per_statement: statements.StatementsFigures | None = None,
     queued: million.MillionFigures | None = None,
 ) -> list[Goal]:
@@ -78,7 +81,6 @@ def goals(
     ratio = enqueued.ratio("T2", "T1")
     probe = next((f for f in pickup.flavours if f.flavour == "taskhub"), None)
     loaded = next((p for p in endpoint.phases if p.label == "workers draining"), None)
-    empty, full = big.rate("empty", 1), big.rate(f"{big.options.finished / 1e6:g}M finished", 1)
     peer_name = (
         f"{best_peer.system}, {best_peer.config}, {best_peer.processes}" if best_peer else ""
     )
@@ -138,14 +140,17 @@ def goals(
                 probe.from_before_defer.p50 <= 2.5,
             ),
         ]
-    result.append(
-        Goal(
-            f"work with {big.options.finished / 1e6:g}M finished jobs / empty table, 1 process",
-            "≥ 0.9",
-            f"{full / empty:.2f} ({full:,.0f} vs {empty:,.0f} jobs/s)" if empty else "n/a",
-            full / empty >= 0.9 if empty else None,
+    if big is not None:
+        empty = big.rate("empty", 1)
+        full = big.rate(f"{big.options.finished / 1e6:g}M finished", 1)
+        result.append(
+            Goal(
+                f"work with {big.options.finished / 1e6:g}M finished jobs / empty table, 1 process",
+                "≥ 0.9",
+                f"{full / empty:.2f} ({full:,.0f} vs {empty:,.0f} jobs/s)" if empty else "n/a",
+                full / empty >= 0.9 if empty else None,
+            )
         )
-    )
     if loaded is not None:
         result.append(
             Goal(
@@ -181,6 +186,112 @@ def goals(
     return result
 
 
+def _best(rows: Sequence[throughput.Row], processes: int | None) -> throughput.Row | None:
+    peers = [
+        row
+        for row in rows
+        if row.system != "taskhub"
+        and row.error is None
+        and (processes is None or row.processes == processes)
+    ]
+    return max(peers, key=lambda row: row.jobs_per_second, default=None)
+
+
+def _label(row: throughput.Row) -> str:
+    return f"{row.system}, {row.config}, {row.processes}p: {row.jobs_per_second:,.0f}"
+
+
+def issue21_goals(
+    rows: Sequence[throughput.Row],
+    enqueued: enqueue_peers.EnqueuePeersFigures | None,
+    settled: steady.SteadyFigures | None,
+    resting: idle.IdleFigures | None,
+) -> list[Goal]:
+    """The goals of issue 21 (throughput round two) that the sections above do not check."""
+    result: list[Goal] = []
+    for processes, peers_processes, text in ((2, None, "best configuration"), (1, 1, "1 process")):
+        ours = _rate(rows, "taskhub", processes)
+        best = _best(rows, peers_processes)
+        result.append(
+            Goal(
+                f"work, {processes} process(es) / the best peer ({text})",
+                "≥ 1.5x",
+                f"{ours / best.jobs_per_second:.2f}x ({ours:,.0f} vs {_label(best)})"
+                if best and best.jobs_per_second
+                else "n/a",
+                ours >= 1.5 * best.jobs_per_second if best else None,
+            )
+        )
+    if enqueued is not None:
+        ours_row = enqueued.row("taskhub")
+        for attribute, text in (
+            ("single_rate", "1 job per transaction"),
+            ("batch_rate", "batches of 1,000"),
+        ):
+            peer = enqueued.best_peer(attribute)
+            ours_rate = float(getattr(ours_row, attribute)) if ours_row else 0.0
+            peer_rate = float(getattr(peer, attribute)) if peer else 0.0
+            result.append(
+                Goal(
+                    f"enqueue, {text} / the best peer",
+                    "≥ 1x",
+                    f"{ours_rate / peer_rate:.2f}x"
+                    f" ({ours_rate:,.0f} vs {peer.name}: {peer_rate:,.0f})"
+                    if peer and peer_rate
+                    else "n/a",
+                    ours_rate >= peer_rate if peer else None,
+                )
+            )
+    if settled is not None:
+        for phase in settled.phases:
+            if phase.system != "taskhub" or phase.error or phase.fraction < 0.85:
+                continue
+            p99 = phase.from_commit.p99
+            result.append(
+                Goal(
+                    f"steady state at {phase.fraction:.0%} of the drain rate, {phase.processes}p:"
+                    " pickup p99, backlog",
+                    "≤ 5 ms, flat",
+                    f"{p99:.1f} ms, {'flat' if phase.flat else 'growing'}"
+                    f" (arrivals {phase.achieved:,.0f}/s of {phase.target:,.0f} asked)",
+                    p99 <= 5 and phase.flat,
+                )
+            )
+    if resting is not None:
+        for row_ in resting.rows:
+            if row_.system != "taskhub" or row_.error:
+                continue
+            per_second = row_.per_second(row_.counted)
+            per_process = per_second / row_.processes if per_second is not None else None
+            result.append(
+                Goal(
+                    "idle: queries per second per idle worker process",
+                    "≤ 1",
+                    f"{per_process:.2f}" if per_process is not None else "n/a",
+                    per_process <= 1 if per_process is not None else None,
+                )
+            )
+    return result
+
+
+def steady_rates(rows: Sequence[throughput.Row]) -> dict[str, float]:
+    """Each system's drain rate in this run, by the key steady.py knows it by."""
+    rates: dict[str, float] = {}
+    for name in throughput.SYSTEMS:
+        if name == "celery":
+            for row in rows:
+                if row.system == "celery" and row.error is None:
+                    rates[f"celery@{row.processes}"] = row.jobs_per_second
+            continue
+        for system in throughput.postgres_systems(
+            name, throughput.taskhub_default_concurrency(), throughput.DEFAULT_PEER_CONCURRENCY
+        ):
+            for row in rows:
+                if (row.system, row.config) == (system.name, system.config) and row.error is None:
+                    rates[f"{system.key}@{row.processes}"] = row.jobs_per_second
+    return rates
+
+
 async def has_pg_stat_statements(admin_url: str) -> bool:
     async with await AsyncConnection.connect(admin_url, autocommit=True) as conn:
         cursor = await conn.execute("SHOW shared_preload_libraries")
@@ -188,7 +299,7 @@ async def has_pg_stat_statements(admin_url: str) -> bool:
     return row is not None and "pg_stat_statements" in str(row[0])
 
 
-async def run(admin_url: str, jobs: int, where: str = "") -> str:
+async def run(admin_url: str, jobs: int, where: str = "", skip: Sequence[str] = ()) -> str:
     quiet = await asyncio.to_thread(measure.quiet_check)
     environment = await measure.describe_environment(
         admin_url,
@@ -199,10 +310,17 @@ async def run(admin_url: str, jobs: int, where: str = "") -> str:
     throughput_section = throughput.render_report(
         rows, environment, quiet, time.perf_counter() - wall, throughput.DEFAULT_POLL_INTERVAL
     )
+    peers_enqueued = await enqueue_peers.measure(
+        enqueue_peers.EnqueuePeersOptions(admin_url=admin_url)
+    )
     enqueued = await enqueue.measure(enqueue.EnqueueOptions(admin_url=admin_url))
     pickup = await latency.measure(latency.LatencyOptions(admin_url=admin_url))
     endpoint = await status.measure(status.StatusOptions(admin_url=admin_url))
-    big = await bigtable.measure(bigtable.BigtableOptions(admin_url=admin_url))
+    big = (
+        None
+        if "bigtable" in skip
+        else await bigtable.measure(bigtable.BigtableOptions(admin_url=admin_url))
+    )
     per_statement = None
     if await has_pg_stat_statements(admin_url):
         per_statement = await statements.measure(
@@ -215,19 +333,34 @@ async def run(admin_url: str, jobs: int, where: str = "") -> str:
             "preload pg_stat_statements (run with `--dedicated-server`)."
         )
     queued = await million.measure(million.MillionOptions(admin_url=admin_url, reference_jobs=jobs))
+    settled = (
+        None
+        if "steady" in skip
+        else await steady.measure(
+            steady.SteadyOptions(admin_url=admin_url, rates=steady_rates(rows))
+        )
+    )
+    resting = None if "idle" in skip else await idle.measure(idle.IdleOptions(admin_url=admin_url))
     elapsed = time.perf_counter() - wall
     table = "\n".join(
-        goal.row() for goal in goals(rows, enqueued, pickup, endpoint, big, per_statement, queued)
+        goal.row()
+        for goal in [
+            *issue21_goals(rows, peers_enqueued, settled, resting),
+            *goals(rows, enqueued, pickup, endpoint, big, per_statement, queued),
+        ]
     )
     after = await asyncio.to_thread(measure.quiet_check)
     sections = [
         throughput_section.replace("# Throughput", "## Throughput", 1),
+        enqueue_peers.render(peers_enqueued),
         enqueue.render(enqueued),
         latency.render(pickup),
         status.render(endpoint),
-        bigtable.render(big),
+        *([] if big is None else [bigtable.render(big)]),
         statements_section,
         million.render(queued),
+        *([] if settled is None else [steady.render(settled)]),
+        *([] if resting is None else [idle.render(resting)]),
     ]
     demoted = [section.replace("\n## ", "\n### ").replace("\n# ", "\n## ") for section in sections]
     return f"""# taskhub benchmarks: one run, every figure
@@ -261,6 +394,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--jobs", type=int, default=20_000, help="jobs per throughput drain")
     parser.add_argument("--output", type=Path, help="also write the report here")
+    parser.add_argument(
+        "--skip",
+        type=throughput.csv_of(str),
+        default=[],
+        help="sections to leave out: bigtable (builds a 10M-job template the first time: "
+        "10+ minutes, ~20 GB), steady, idle",
+    )
     args = parser.parse_args(argv)
     if args.dedicated_server:
         with server.dedicated_server(args.database_url) as url:
@@ -268,9 +408,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 ", on a dedicated PostgreSQL started for the run (`bench/server.py`: the "
                 f"settings of `{args.database_url}` copied, pg_stat_statements preloaded)"
             )
-            report = asyncio.run(run(url, args.jobs, where))
+            report = asyncio.run(run(url, args.jobs, where, args.skip))
     else:
-        report = asyncio.run(run(args.database_url, args.jobs, f", server `{args.database_url}`"))
+        report = asyncio.run(
+            run(args.database_url, args.jobs, f", server `{args.database_url}`", args.skip)
+        )
     print(report)
     if args.output is not None:
         args.output.write_text(report, encoding="utf-8")
