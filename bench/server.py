@@ -9,8 +9,10 @@ its own for the whole run (``bench/run.py --dedicated-server``), starts one of t
   ``/tmp/taskhub_bench_pg_*``, the unix socket in ``/tmp``, TCP on 127.0.0.1 at a free port, trust
   authentication (initdb's ``--auth=trust``: local and 127.0.0.1/::1 connections);
 - the settings that shape a bench's figures copied from the shared server (:data:`COPIED`,
-  read from its ``pg_settings``: memory, connections, WAL and commit, checkpoints, autovacuum,
-  planner costs, JIT), so that figures stay comparable with runs on the shared server;
+  read from its ``pg_settings``: memory, connections, WAL and commit, checkpoints, planner
+  costs, JIT), so that figures stay comparable with runs on the shared server;
+- autovacuum on with ``autovacuum_naptime = 10s``, as on a production server (the shared one
+  has it off; docs/worker.md, "Tuning"), the same for every system measured;
 - plus ``shared_preload_libraries = pg_stat_statements`` with ``pg_stat_statements.track =
   all`` (statements run inside plpgsql functions and triggers are counted too, as rows of their
   own with ``toplevel = false``; their time is also inside their caller's),
