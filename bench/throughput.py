@@ -52,7 +52,7 @@ DEFAULT_JOBS: Final = 20_000
 DEFAULT_REDIS_URL: Final = "redis://127.0.0.1:6379/11"
 DEFAULT_POLL_INTERVAL: Final = 0.025
 DEFAULT_PEER_CONCURRENCY: Final = 10  # bare procrastinate's and pgqueuer's capped configuration
-SYSTEMS: Final = ("taskhub", "procrastinate", "pgqueuer", "celery")
+SYSTEMS: Final = ("taskhub", "procrastinate", "pgqueuer", "celery", "chancy")
 
 READY_TIMEOUT: Final = 60.0  # seconds for workers to start listening
 IDLE_PAUSE: Final = 0.5  # seconds after the workers are seen ready, for startup work to end
@@ -543,6 +543,108 @@ class PgqueuerSystem:
             )
 
 
+class ChancySystem:
+    """chancy: ``chancy worker start`` (its CLI, default options) on bench/peers/chancy_app.py.
+
+    Schema by ``Chancy.migrate()`` (core tables and the default plugins'), then the queue
+    ``default`` declared before the workers start: ``Queue("default", concurrency=N,
+    eager_polling=True)``, chancy's defaults otherwise (process-pool executor, polling every
+    5 s and on each push's NOTIFY). Not its bare defaults: with them (concurrency = CPU count,
+    no eager polling) a worker fetches CPU-count jobs per 5 s poll (0.4 jobs/s here, 2 CPUs),
+    which no drain of thousands of jobs survives. Jobs through ``Chancy.push_many_ex``, chancy's
+    API for many jobs on the caller's cursor and transaction (one INSERT per job, then one
+    ``queue.pushed`` NOTIFY). Finished jobs stay in ``chancy_jobs`` (state ``succeeded``); a
+    worker writes its jobs' outcomes in batches, once a second (chancy's default).
+    """
+
+    key = "chancy"
+    name = "chancy"
+    # Each worker has one connection of its own for LISTEN "chancy_events".
+    ready_patterns: tuple[str, ...] = ("LISTEN %",)
+
+    def __init__(self, concurrency: int) -> None:
+        self.concurrency = concurrency
+        self.key = f"chancy_c{concurrency}"
+        self.config = (
+            f"concurrency {concurrency}, eager polling (`chancy worker start`; queue `default`"
+            " otherwise chancy's defaults: process pool, polled every 5 s and on push)"
+        )
+        # enqueue's Chancy instance is never opened: push_many_ex only needs the cursor.
+        self._app: Any = None
+
+    def _chancy(self) -> Any:
+        if self._app is None:
+            from chancy import Chancy
+
+            self._app = Chancy("postgresql://unused", no_default_plugins=True)
+        return self._app
+
+    async def install(self, url: str) -> None:
+        from chancy import Chancy, Queue
+
+        async with Chancy(url) as app:
+            await app.migrate()
+            await app.declare(
+                Queue(name="default", concurrency=self.concurrency, eager_polling=True)
+            )
+
+    def commands(self, url: str, processes: int) -> list[Command]:
+        argv = [bench_bin("chancy"), "--app", "peers.chancy_app.app", "worker", "start"]
+        return [Command(argv, with_bench_path({"DATABASE_URL": url})) for _ in range(processes)]
+
+    async def _push(self, conn: AsyncConnection[Any], many: list[dict[str, Any]]) -> None:
+        from peers.chancy_app import job
+        from psycopg.rows import dict_row
+
+        async with conn.cursor(row_factory=dict_row) as cursor:
+            await self._chancy().push_many_ex(cursor, [job(kwargs) for kwargs in many])
+
+    async def enqueue(self, conn: AsyncConnection[Any], jobs: int) -> None:
+        await self._push(conn, [{"message": i} for i in range(jobs)])
+
+    async def enqueue_one(self, conn: AsyncConnection[Any], args: dict[str, Any]) -> None:
+        """``push_many_ex`` of one job on the autocommit ``conn``, in a transaction of its own
+        (what ``Chancy.push`` does on a pool connection: the INSERT, then the NOTIFY)."""
+        async with conn.transaction():
+            await self._push(conn, [args])
+
+    def busy_query(self) -> str:
+        return (
+            "SELECT count(*) FROM chancy_jobs WHERE state = 'running'"
+            " OR (state IN ('pending', 'retrying') AND scheduled_at <= now())"
+        )
+
+    def unfinished_query(self) -> str:
+        # Ids are UUIDs (time-ordered): the first poll passes 0, for the lowest UUID.
+        return (
+            "SELECT id FROM chancy_jobs WHERE state IN ('pending', 'running', 'retrying')"
+            " AND func = 'peers.chancy_app.noop'"
+            " AND id >= coalesce(nullif(%s::text, '0'), '00000000-0000-0000-0000-000000000000')"
+            "::uuid ORDER BY id LIMIT 1"
+        )
+
+    def count_unfinished_query(self) -> str:
+        return (
+            "SELECT count(*) FROM chancy_jobs WHERE state IN ('pending', 'running', 'retrying')"
+            " AND func = 'peers.chancy_app.noop'"
+        )
+
+    async def verify(self, conn: AsyncConnection[Any], jobs: int) -> None:
+        cursor = await conn.execute(
+            "SELECT count(*), count(*) FILTER (WHERE state = 'succeeded'),"
+            " count(*) FILTER (WHERE attempts = 1),"
+            " count(*) FILTER (WHERE jsonb_array_length(errors::jsonb) > 0)"
+            " FROM chancy_jobs WHERE func = 'peers.chancy_app.noop'"
+        )
+        # attempts goes 0 -> 1 when a run completes; a second run would make it 2.
+        total, succeeded, once, errors = await cursor.fetchone() or (0, 0, 0, 0)
+        if (total, succeeded, once, errors) != (jobs, jobs, jobs, 0):
+            raise RuntimeError(
+                f"chancy: {total} jobs, {succeeded} succeeded, {once} at 1 attempt, {errors}"
+                f" with errors; expected {jobs} jobs, all succeeded at their first attempt"
+            )
+
+
 # --------------------------------------------------------------------------- measurement
 
 
@@ -807,6 +909,8 @@ def postgres_systems(name: str, concurrency: int, peer_concurrency: int) -> list
         return [ProcrastinateSystem(peer_concurrency)]
     if name == "pgqueuer":
         return [PgqueuerSystem(peer_concurrency), PgqueuerSystem(None)]
+    if name == "chancy":
+        return [ChancySystem(peer_concurrency)]
     raise ValueError(f"unknown system {name!r}")
 
 
@@ -1052,7 +1156,7 @@ async def main_async(options: Options) -> tuple[str, bool]:
     quiet = await asyncio.to_thread(measure.quiet_check)
     environment = await measure.describe_environment(
         options.admin_url,
-        ("taskhub", "procrastinate", "psycopg", "pgqueuer", "asyncpg", "celery", "redis"),
+        ("taskhub", "procrastinate", "psycopg", "pgqueuer", "asyncpg", "celery", "redis", "chancy"),
     )
     wall = time.perf_counter()
     rows = await run_throughput(
