@@ -52,7 +52,7 @@ DEFAULT_JOBS: Final = 20_000
 DEFAULT_REDIS_URL: Final = "redis://127.0.0.1:6379/11"
 DEFAULT_POLL_INTERVAL: Final = 0.025
 DEFAULT_PEER_CONCURRENCY: Final = 10  # bare procrastinate's and pgqueuer's capped configuration
-SYSTEMS: Final = ("taskhub", "procrastinate", "pgqueuer", "celery", "chancy")
+SYSTEMS: Final = ("taskhub", "procrastinate", "pgqueuer", "celery", "chancy", "oban")
 
 READY_TIMEOUT: Final = 60.0  # seconds for workers to start listening
 IDLE_PAUSE: Final = 0.5  # seconds after the workers are seen ready, for startup work to end
@@ -645,6 +645,157 @@ class ChancySystem:
             )
 
 
+VENV312: Final = BENCH_DIR / ".venv312"  # Python 3.12 for oban (bench/setup.sh makes it)
+
+
+class NotRun(RuntimeError):
+    """A system that cannot run here (its environment is missing): its rows say why."""
+
+
+class ObanSystem:
+    """oban (the Python port of Oban, free edition): ``oban start`` from bench/.venv312.
+
+    oban needs Python >= 3.12 and this runner is 3.11, so the schema comes from ``oban install``
+    run in bench/.venv312, and the runner inserts jobs itself with oban's own statement, as
+    oban's ``Oban.enqueue_many(jobs, conn=conn)`` (and ``enqueue``, its one-job case) runs it
+    (oban 0.7.0, ``oban/_query.py``: ``_insert_jobs``): ``queries/insert_job.sql``, read from the
+    oban installed in bench/.venv312 and prefixed with ``public.`` as ``Query._load_file`` does,
+    executed once per job on the caller's connection and its row fetched, with the parameters
+    of ``Noop.new(args)`` (``Job`` defaults: queue ``default``, ``max_attempts`` 20, priority 0,
+    state ``available``, no tags, ``meta`` {}, no timestamps; ``args`` and ``meta`` as
+    ``Jsonb``, as ``Query._cast_type`` does). Each insert of an available job also sends
+    ``pg_notify('oban_insert', ...)``, which wakes the producers. Without bench/.venv312
+    (no Python 3.12 when bench/setup.sh ran), every row says not run.
+    """
+
+    name = "oban"
+    # Each worker's notifier has one connection of its own, which LISTENs on oban's channels.
+    ready_patterns: tuple[str, ...] = ("LISTEN %",)
+    worker = "peers.oban_app.Noop"
+
+    def __init__(self, concurrency: int) -> None:
+        self.concurrency = concurrency
+        self.key = f"oban_c{concurrency}"
+        self.config = (
+            f"concurrency {concurrency} (`oban start --queues default:{concurrency}"
+            " --cron-modules peers.oban_app`, Python 3.12)"
+        )
+
+    @staticmethod
+    def _bin() -> str:
+        path = VENV312 / "bin" / "oban"
+        if not path.exists():
+            raise NotRun(f"not run: {path} is missing (oban needs Python >= 3.12; bench/setup.sh)")
+        return str(path)
+
+    @functools.cached_property
+    def insert_sql(self) -> bytes:
+        """oban's insert_job.sql with its tables in schema ``public`` (``Query._load_file``)."""
+        import re
+
+        self._bin()
+        found = sorted(VENV312.glob("lib/python3.*/site-packages/oban/queries/insert_job.sql"))
+        if not found:
+            raise NotRun(f"not run: no oban insert_job.sql in {VENV312} (run bench/setup.sh)")
+        text = found[0].read_text(encoding="utf-8")
+        names = (
+            r"oban_insert|oban_job_state|oban_jobs|oban_leaders|oban_producers|oban_state_to_bit"
+        )
+        return re.sub(rf"\b({names})\b", r"public.\1", text).encode()
+
+    async def install(self, url: str) -> None:
+        proc = await asyncio.create_subprocess_exec(
+            self._bin(),
+            "install",
+            "--dsn",
+            url,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        output, _ = await proc.communicate()
+        if proc.returncode != 0:
+            raise RuntimeError(f"oban install failed: {output.decode(errors='replace')}")
+
+    def commands(self, url: str, processes: int) -> list[Command]:
+        # --cron-modules names the app's module: without it, `oban start` greps the working
+        # directory (the repository) for cron workers and imports what it finds.
+        argv = [
+            self._bin(),
+            "start",
+            "--dsn",
+            url,
+            "--queues",
+            f"default:{self.concurrency}",
+            "--cron-modules",
+            "peers.oban_app",
+            "--log-level",
+            "WARNING",
+        ]
+        return [Command(argv, with_bench_path({})) for _ in range(processes)]
+
+    async def _insert(self, conn: AsyncConnection[Any], args: dict[str, Any]) -> None:
+        from psycopg.types.json import Jsonb
+
+        params: dict[str, Any] = {
+            "args": Jsonb(args),
+            "inserted_at": None,
+            "max_attempts": 20,
+            "meta": Jsonb({}),
+            "priority": 0,
+            "queue": "default",
+            "scheduled_at": None,
+            "state": "available",
+            "tags": [],
+            "worker": self.worker,
+        }
+        cursor = await conn.execute(self.insert_sql, params)
+        await cursor.fetchone()
+
+    async def enqueue(self, conn: AsyncConnection[Any], jobs: int) -> None:
+        for i in range(jobs):
+            await self._insert(conn, {"message": i})
+
+    async def enqueue_one(self, conn: AsyncConnection[Any], args: dict[str, Any]) -> None:
+        """The one statement of ``enqueue(job, conn=conn)`` on the autocommit ``conn``."""
+        await self._insert(conn, args)
+
+    def busy_query(self) -> str:
+        return (
+            "SELECT count(*) FROM oban_jobs WHERE state = 'executing'"
+            " OR (state = 'available' AND scheduled_at <= timezone('UTC', now()))"
+        )
+
+    def unfinished_query(self) -> str:
+        return (
+            "SELECT id FROM oban_jobs"
+            " WHERE state IN ('available', 'scheduled', 'executing', 'retryable')"
+            f" AND worker = '{self.worker}' AND id >= %s ORDER BY id LIMIT 1"
+        )
+
+    def count_unfinished_query(self) -> str:
+        return (
+            "SELECT count(*) FROM oban_jobs"
+            " WHERE state IN ('available', 'scheduled', 'executing', 'retryable')"
+            f" AND worker = '{self.worker}'"
+        )
+
+    async def verify(self, conn: AsyncConnection[Any], jobs: int) -> None:
+        cursor = await conn.execute(
+            "SELECT count(*), count(*) FILTER (WHERE state = 'completed'),"
+            " count(*) FILTER (WHERE attempt = 1),"
+            " count(*) FILTER (WHERE jsonb_array_length(errors) > 0)"
+            " FROM oban_jobs WHERE worker = %s",
+            (self.worker,),
+        )
+        # A fetch increments attempt: 1 once a job has been fetched once.
+        total, completed, once, errors = await cursor.fetchone() or (0, 0, 0, 0)
+        if (total, completed, once, errors) != (jobs, jobs, jobs, 0):
+            raise RuntimeError(
+                f"oban: {total} jobs, {completed} completed, {once} at attempt 1, {errors}"
+                f" with errors; expected {jobs} jobs, all completed at their first attempt"
+            )
+
+
 # --------------------------------------------------------------------------- measurement
 
 
@@ -911,6 +1062,8 @@ def postgres_systems(name: str, concurrency: int, peer_concurrency: int) -> list
         return [PgqueuerSystem(peer_concurrency), PgqueuerSystem(None)]
     if name == "chancy":
         return [ChancySystem(peer_concurrency)]
+    if name == "oban":
+        return [ObanSystem(peer_concurrency)]
     raise ValueError(f"unknown system {name!r}")
 
 
