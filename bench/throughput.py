@@ -1,7 +1,9 @@
 """Work rate of taskhub and its peers draining no-op jobs, in one run on one machine.
 
 For each system (taskhub, bare procrastinate, pgqueuer at concurrency 10 and with its
-defaults, Celery on the local Redis) and each worker process count (1 and 2 by default),
+defaults, Celery on the local Redis, chancy at concurrency 10 with eager polling (its bare
+defaults: a not-run row saying why), oban at concurrency 10 from bench/.venv312, Python 3.12)
+and each worker process count (1 and 2 by default),
 on a fresh database (or a flushed Redis database) of its own:
 
 1. start the workers the way the system's docs run them (its CLI), wait until they listen
@@ -96,6 +98,9 @@ class Row:
     # PostgreSQL CPU) include their work when this is more than a handful.
     other_transactions: int | None = None
     error: str | None = None
+    # Why the row was not measured (a system whose environment is missing, or a
+    # configuration that cannot drain the jobs in any sensible time): not a failure.
+    skipped: str | None = None
 
     @property
     def jobs_per_second(self) -> float:
@@ -543,15 +548,42 @@ class PgqueuerSystem:
             )
 
 
+CHANCY_DEFAULTS_CONFIG: Final = (
+    'defaults (`chancy worker start`, bare `Queue("default")`: concurrency = CPU count,'
+    " polled every 5 s and on push)"
+)
+CHANCY_POLL_SECONDS: Final = 5  # Queue.polling_interval's default
+
+
+def chancy_defaults_skip(jobs: int, processes: int) -> str | None:
+    """Why chancy's bare defaults are not measured with ``jobs`` jobs (None: they are).
+
+    Without eager polling a worker fetches at most its concurrency (CPU count) jobs per
+    5 s poll, so the drain would outlast ``drain_timeout`` (it did: 0.44 jobs/s with 20 jobs,
+    1 process, 2 CPUs)."""
+    cpus = os.cpu_count() or 1
+    rate = cpus * processes / CHANCY_POLL_SECONDS
+    if jobs / rate <= drain_timeout(jobs) / 2:
+        return None
+    return (
+        f"chancy's defaults drain at most {rate:.1f} jobs/s here ({cpus} jobs per worker per"
+        f" {CHANCY_POLL_SECONDS} s poll): {jobs:,} jobs would take about"
+        f" {jobs / rate / 3600:.1f} h (bench/README.md)"
+    )
+
+
 class ChancySystem:
     """chancy: ``chancy worker start`` (its CLI, default options) on bench/peers/chancy_app.py.
 
     Schema by ``Chancy.migrate()`` (core tables and the default plugins'), then the queue
     ``default`` declared before the workers start: ``Queue("default", concurrency=N,
     eager_polling=True)``, chancy's defaults otherwise (process-pool executor, polling every
-    5 s and on each push's NOTIFY). Not its bare defaults: with them (concurrency = CPU count,
-    no eager polling) a worker fetches CPU-count jobs per 5 s poll (0.4 jobs/s here, 2 CPUs),
-    which no drain of thousands of jobs survives. Jobs through ``Chancy.push_many_ex``, chancy's
+    5 s and on each push's NOTIFY). ``ChancySystem(None)`` is its bare defaults: no queue
+    declared, so ``chancy worker start`` declares ``Queue("default")`` (concurrency = CPU count,
+    no eager polling): a worker then fetches CPU-count jobs per 5 s poll (0.44 jobs/s measured
+    here with 2 CPUs, 20 jobs), which no drain of thousands of jobs survives, so
+    ``run_throughput`` reports that configuration as not run unless the jobs are that few
+    (``chancy_defaults_skip``). Jobs through ``Chancy.push_many_ex``, chancy's
     API for many jobs on the caller's cursor and transaction (one INSERT per job, then one
     ``queue.pushed`` NOTIFY). Finished jobs stay in ``chancy_jobs`` (state ``succeeded``); a
     worker writes its jobs' outcomes in batches, once a second (chancy's default).
@@ -562,13 +594,17 @@ class ChancySystem:
     # Each worker has one connection of its own for LISTEN "chancy_events".
     ready_patterns: tuple[str, ...] = ("LISTEN %",)
 
-    def __init__(self, concurrency: int) -> None:
+    def __init__(self, concurrency: int | None) -> None:
         self.concurrency = concurrency
-        self.key = f"chancy_c{concurrency}"
-        self.config = (
-            f"concurrency {concurrency}, eager polling (`chancy worker start`; queue `default`"
-            " otherwise chancy's defaults: process pool, polled every 5 s and on push)"
-        )
+        if concurrency is None:
+            self.key = "chancy_defaults"
+            self.config = CHANCY_DEFAULTS_CONFIG
+        else:
+            self.key = f"chancy_c{concurrency}"
+            self.config = (
+                f"concurrency {concurrency}, eager polling (`chancy worker start`; queue `default`"
+                " otherwise chancy's defaults: process pool, polled every 5 s and on push)"
+            )
         # enqueue's Chancy instance is never opened: push_many_ex only needs the cursor.
         self._app: Any = None
 
@@ -584,9 +620,10 @@ class ChancySystem:
 
         async with Chancy(url) as app:
             await app.migrate()
-            await app.declare(
-                Queue(name="default", concurrency=self.concurrency, eager_polling=True)
-            )
+            if self.concurrency is not None:  # else `chancy worker start` declares it
+                await app.declare(
+                    Queue(name="default", concurrency=self.concurrency, eager_polling=True)
+                )
 
     def commands(self, url: str, processes: int) -> list[Command]:
         argv = [bench_bin("chancy"), "--app", "peers.chancy_app.app", "worker", "start"]
@@ -649,7 +686,14 @@ VENV312: Final = BENCH_DIR / ".venv312"  # Python 3.12 for oban (bench/setup.sh 
 
 
 class NotRun(RuntimeError):
-    """A system that cannot run here (its environment is missing): its rows say why."""
+    """A system that cannot run here (its environment is missing): its rows say why, and the
+    run does not count them as failures."""
+
+
+def oban_version() -> str | None:
+    """The oban installed in bench/.venv312, from its dist-info (None without it)."""
+    found = sorted(VENV312.glob("lib/python3.*/site-packages/oban-*.dist-info"))
+    return found[0].name.removeprefix("oban-").removesuffix(".dist-info") if found else None
 
 
 class ObanSystem:
@@ -685,7 +729,7 @@ class ObanSystem:
     def _bin() -> str:
         path = VENV312 / "bin" / "oban"
         if not path.exists():
-            raise NotRun(f"not run: {path} is missing (oban needs Python >= 3.12; bench/setup.sh)")
+            raise NotRun(f"{path} is missing (oban needs Python >= 3.12; bench/setup.sh)")
         return str(path)
 
     @functools.cached_property
@@ -696,7 +740,7 @@ class ObanSystem:
         self._bin()
         found = sorted(VENV312.glob("lib/python3.*/site-packages/oban/queries/insert_job.sql"))
         if not found:
-            raise NotRun(f"not run: no oban insert_job.sql in {VENV312} (run bench/setup.sh)")
+            raise NotRun(f"no oban insert_job.sql in {VENV312} (run bench/setup.sh)")
         text = found[0].read_text(encoding="utf-8")
         names = (
             r"oban_insert|oban_job_state|oban_jobs|oban_leaders|oban_producers|oban_state_to_bit"
@@ -1081,9 +1125,10 @@ async def run_throughput(
     """Measure every system in ``systems`` with each process count, one after the other.
 
     ``concurrency`` is taskhub's jobs at once per worker process (default: taskhub's own
-    default, read from its settings); ``peer_concurrency`` is bare procrastinate's and
-    pgqueuer's capped configuration's. A measurement that fails gives a row with ``error``
-    set, and the others still run.
+    default, read from its settings); ``peer_concurrency`` is bare procrastinate's, pgqueuer's
+    capped configuration's, chancy's and oban's. A measurement that fails gives a row with
+    ``error`` set, and the others still run; one that cannot run here (oban without
+    bench/.venv312, chancy's bare defaults) a row with ``skipped`` set.
     """
     unknown = set(systems) - set(SYSTEMS)
     if unknown:
@@ -1105,7 +1150,21 @@ async def run_throughput(
         configurations = await asyncio.to_thread(
             postgres_systems, name, concurrency, peer_concurrency
         )
+        if name == "chancy":
+            configurations.append(ChancySystem(None))
         for system in configurations:
+            if isinstance(system, ChancySystem) and system.concurrency is None:
+                for count in processes:
+                    why = chancy_defaults_skip(jobs, count)
+                    row = Row(system.name, system.config, count, jobs, skipped=why)
+                    if why is None:
+                        row = await guarded(
+                            row, measure_postgres(system, admin_url, jobs, count, poll_interval)
+                        )
+                    else:
+                        log(f"[{system.name}, {system.config}, {count} process(es)] not run: {why}")
+                    rows.append(row)
+                continue
             for count in processes:
                 rows.append(
                     await guarded(
@@ -1117,9 +1176,13 @@ async def run_throughput(
 
 
 async def guarded(placeholder: Row, measurement: Awaitable[Row]) -> Row:
-    """Run one measurement; on failure, log it and return ``placeholder`` with the error."""
+    """Run one measurement; on failure, log it and return ``placeholder`` with the error
+    (with ``skipped`` instead when the system cannot run here: ``NotRun``)."""
     try:
         row = await measurement
+    except NotRun as exc:
+        log(f"  not run: {exc}")
+        return dataclasses.replace(placeholder, skipped=str(exc))
     except Exception as exc:
         log(f"  FAILED: {type(exc).__name__}: {exc}")
         return dataclasses.replace(placeholder, error=f"{type(exc).__name__}: {exc}")
@@ -1141,6 +1204,11 @@ def render_table(rows: Sequence[Row]) -> str:
         "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
+        if row.skipped is not None:
+            lines.append(
+                f"| {row.system} | {row.config} | {row.processes} | not run: {row.skipped} |||||"
+            )
+            continue
         if row.error is not None:
             failed = f"failed: {row.error.splitlines()[0]}"
             lines.append(f"| {row.system} | {row.config} | {row.processes} | {failed} |||||")
@@ -1199,7 +1267,7 @@ def render_report(
         f"- {row.system} ({row.config}, {row.processes}): enqueue took "
         f"{row.enqueue_seconds:.2f} s; drain {row.seconds:.2f} s{elsewhere(row)}"
         for row in rows
-        if row.error is None
+        if row.error is None and row.skipped is None
     ]
     how = HOW_MEASURED.format(wait=measure.STATS_FLUSH_WAIT, poll=poll_interval * 1000)
     return f"""# Throughput: taskhub and its peers, no-op jobs
@@ -1272,7 +1340,8 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         "--peer-concurrency",
         type=int,
         default=DEFAULT_PEER_CONCURRENCY,
-        help="bare procrastinate's and capped pgqueuer's jobs at once per worker process "
+        help="bare procrastinate's, capped pgqueuer's, chancy's and oban's jobs at once per "
+        "worker process "
         "(default: %(default)s)",
     )
     parser.add_argument(
@@ -1311,6 +1380,8 @@ async def main_async(options: Options) -> tuple[str, bool]:
         options.admin_url,
         ("taskhub", "procrastinate", "psycopg", "pgqueuer", "asyncpg", "celery", "redis", "chancy"),
     )
+    if "oban" in options.systems:
+        environment["packages"] += f", oban {oban_version() or 'missing'} (bench/.venv312)"
     wall = time.perf_counter()
     rows = await run_throughput(
         options.admin_url,
