@@ -6,6 +6,7 @@ import contextlib
 import os
 import re
 import signal
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +18,14 @@ import pytest
 
 from backend.tasks.builtin import ping
 from tests.conftest import OPERATE_TOKEN, bearer
-from tests.e2e.conftest import TaskhubProcess, clean_env, free_port, wait_for_job, wait_status
+from tests.e2e.conftest import (
+    TaskhubProcess,
+    clean_env,
+    free_port,
+    python_stacks,
+    wait_for_job,
+    wait_status,
+)
 from tests.e2e.test_processes import run_cli
 from tests.e2e.test_rescue import FAST_HEARTBEATS, defer, rescue
 
@@ -146,7 +154,14 @@ def test_worker_processes_that_die_at_start_stop_the_supervisor(
     assert downgraded.returncode == 0, downgraded.stderr
 
     workers = spawn(["worker", "--processes", "2"], tmp_path, env)
-    code = workers.process.wait(timeout=90)
+    try:
+        code = workers.process.wait(timeout=90)
+    except subprocess.TimeoutExpired:
+        # Seen once in CI (not reproduced): say what the supervisor and its children were
+        # doing and what they printed, rather than a bare timeout.
+        stacks = python_stacks(workers.process.pid)
+        workers.stop(timeout=5)
+        pytest.fail(f"the supervisor still ran after 90 s\n{stacks}\n{workers.output}")
     workers.stop(timeout=5)  # collect the rest of the output
 
     assert code == 1, workers.output
